@@ -1,0 +1,191 @@
+"""Validated configuration: one small pydantic model per component, loaded from YAML.
+
+Unknown keys and bad values are `UserError`s naming the dotted key, e.g.
+``configs/x.yaml: batching.max_len: must be a power of two, got 1000``. Dotted overrides
+(``batching.max_len=512``) are applied before validation, so they are checked the same way.
+Relative paths are resolved against the current working directory, like most training tools.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lengthwise.errors import UserError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+class SourceConfig(Strict):
+    """Where documents come from. One file = one document for `text_dir`."""
+
+    kind: Literal["text_dir", "jsonl", "parquet", "hf_disk", "task"]
+    path: Path | None = None
+    glob: str = "**/*.txt"  # text_dir: recursive pattern relative to `path`
+    text_field: str = "text"  # jsonl field, parquet column, HF dataset column
+    split: str | None = None  # hf_disk: the split of a DatasetDict (None: a plain Dataset)
+    max_docs: int | None = Field(default=None, gt=0)  # keep only the first N documents
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> SourceConfig:
+        if self.kind != "task" and self.path is None:
+            raise ValueError(f"a '{self.kind}' source needs a 'path'")
+        return self
+
+
+class TokenizerConfig(Strict):
+    """`bpe`: train a byte-level BPE on the `train_split`; `file`: load an existing
+    tokenizer.json; `char`: one token per character (synthetic tasks)."""
+
+    kind: Literal["bpe", "char", "file"] = "bpe"
+    vocab_size: int = Field(default=8192, ge=260)
+    path: Path | None = None
+    train_split: str = "train"
+    train_max_docs: int | None = Field(default=None, gt=0)
+    alphabet: str | None = None  # char: the characters; None = printable ASCII
+    bos: bool = False  # prepend BOS to every document
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> TokenizerConfig:
+        if self.kind == "file" and self.path is None:
+            raise ValueError("kind 'file' needs a 'path' to a tokenizer.json")
+        return self
+
+
+class DataConfig(Strict):
+    """`lengthwise prepare` writes one token store per split under `out_dir/<split>/`."""
+
+    out_dir: Path
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    splits: dict[str, SourceConfig]
+    encode_batch_docs: int = Field(default=1024, gt=0)  # documents per encode_batch call
+
+    @model_validator(mode="after")
+    def _has_train(self) -> DataConfig:
+        if not self.splits:
+            raise ValueError("at least one split is needed")
+        if self.tokenizer.kind in ("bpe",) and self.tokenizer.train_split not in self.splits:
+            raise ValueError(f"tokenizer.train_split '{self.tokenizer.train_split}' is not a split")
+        return self
+
+
+CurriculumName = Literal["none", "natural", "grow_p2", "grow_linear", "shrink", "seq_len_warmup"]
+StrategyName = Literal["pad", "concat_chunk", "concat_chunk_docmask", "best_fit", "decomposition"]
+STRATEGIES: tuple[str, ...] = StrategyName.__args__  # type: ignore[attr-defined]
+
+
+class CurriculumConfig(Strict):
+    """Which bucket (decomposition) or sequence-length cap (chunking) each step uses.
+
+    `cycles` repeats the grow/shrink pattern within an epoch (the DD paper uses 8).
+    `seq_len_warmup` grows the chunk length linearly from `min_len` to `max_len` over
+    `warmup_fraction` of the first epoch's steps, rounded down to a multiple of `multiple`.
+    """
+
+    name: CurriculumName = "none"
+    cycles: int = Field(default=8, ge=1)
+    longest_first: bool = False
+    min_len: int = Field(default=64, ge=8)
+    warmup_fraction: float = Field(default=0.3, gt=0.0, le=1.0)
+    multiple: int = Field(default=8, ge=1)
+
+
+class BatchingConfig(Strict):
+    """How documents become fixed-token-count steps. `tokens_per_step` is global (all ranks)."""
+
+    strategy: StrategyName = "decomposition"
+    tokens_per_step: int = Field(default=16384, gt=0)
+    max_len: int = Field(default=1024, ge=2)
+    min_bucket: int = Field(default=32, ge=1)  # decomposition: shortest kept piece
+    long_doc_rule: Literal["repeat", "random"] = "repeat"
+    curriculum: CurriculumConfig = CurriculumConfig()
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> BatchingConfig:
+        if self.tokens_per_step % self.max_len:
+            raise ValueError(
+                f"tokens_per_step ({self.tokens_per_step}) must be a multiple of "
+                f"max_len ({self.max_len})"
+            )
+        cur = self.curriculum.name
+        if self.strategy == "decomposition":
+            for key in ("max_len", "min_bucket"):
+                if not is_power_of_two(getattr(self, key)):
+                    raise ValueError(
+                        f"{key} must be a power of two for decomposition, got {getattr(self, key)}"
+                    )
+            if self.min_bucket > self.max_len:
+                raise ValueError("min_bucket must be <= max_len")
+            if cur == "seq_len_warmup":
+                raise ValueError("seq_len_warmup is for concat_chunk strategies; use grow_p2 etc.")
+        elif cur not in ("none", "seq_len_warmup"):
+            raise ValueError(f"curriculum '{cur}' needs strategy 'decomposition'")
+        elif cur == "seq_len_warmup" and not self.strategy.startswith("concat_chunk"):
+            raise ValueError("seq_len_warmup applies to concat_chunk and concat_chunk_docmask")
+        return self
+
+
+class Config(Strict):
+    data: DataConfig
+    batching: BatchingConfig = BatchingConfig()
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override {key}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides; values are parsed as YAML (`8`, `true`, `[1, 2]`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}': expected key.sub=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {key}: {msg}{more}"
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    tree = apply_overrides(tree, overrides or [])
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise UserError(format_validation_error(str(path), e)) from None
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

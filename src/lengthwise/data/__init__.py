@@ -1,0 +1,1 @@
+"""Documents -> Tokenizer -> TokenStore -> BatchStrategy (+ Curriculum) -> Batch."""

@@ -1,0 +1,80 @@
+"""The interface every batching strategy implements.
+
+A strategy is a pure function of (epoch, step): it never keeps a cursor. The stateful part
+(which epoch and step comes next) lives in `lengthwise.data.loader`, so resuming is exact by
+construction, and stats can walk an epoch without disturbing training.
+
+Sharding: `tokens_per_step` is global. At every step all ranks plan the same global batch
+(same bucket or sequence length, same rows); rank r keeps rows [r*B/W, (r+1)*B/W). The union of
+the ranks' rows is therefore exactly the single-process batch with the same global size.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from lengthwise.batch import Batch
+from lengthwise.config import BatchingConfig
+from lengthwise.data.plan import StepPlan, assemble
+from lengthwise.errors import UserError
+
+
+class Strategy(ABC):
+    name: str = ""
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        offsets: np.ndarray,
+        cfg: BatchingConfig,
+        pad_id: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        """`tokens`: the flat token array (a memmap in practice); document i is
+        tokens[offsets[i]:offsets[i+1]] and already ends with EOS."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.tokens = tokens
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.lengths = np.diff(self.offsets)
+        self.cfg = cfg
+        self.pad_id = pad_id
+        self.rank = rank
+        self.world_size = world_size
+        if len(self.lengths) == 0:
+            raise UserError("the token store holds no documents")
+
+    def global_rows(self, seq_len: int) -> int:
+        """Rows per global step for a sequence length: tokens_per_step / seq_len, as a multiple
+        of the world size (so every rank gets the same number of rows)."""
+        rows = self.cfg.tokens_per_step // seq_len
+        rows -= rows % self.world_size
+        if rows == 0:
+            raise UserError(
+                f"batching.tokens_per_step={self.cfg.tokens_per_step} is too small for "
+                f"{self.world_size} ranks at sequence length {seq_len}"
+            )
+        return rows
+
+    def local_rows(self, global_rows: int) -> slice:
+        per = global_rows // self.world_size
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+    @abstractmethod
+    def steps_in_epoch(self, epoch: int) -> int:
+        """Number of optimizer steps in `epoch` (the same on every rank)."""
+
+    @abstractmethod
+    def plan(self, epoch: int, step: int) -> StepPlan:
+        """This rank's rows for `step` of `epoch` (0 <= step < steps_in_epoch(epoch))."""
+
+    def epoch_summary(self, epoch: int) -> dict[str, Any]:
+        """Strategy-specific facts for `data-stats` (bucket histogram, truncated docs, ...)."""
+        return {}
+
+    def batch(self, epoch: int, step: int) -> Batch:
+        return assemble(self.tokens, self.plan(epoch, step), self.pad_id)
