@@ -1,0 +1,130 @@
+import json
+
+import numpy as np
+import pytest
+
+from lengthwise.config import DataConfig
+from lengthwise.data.store import TokenStore, prepare
+from lengthwise.data.tokenizer import load_tokenizer
+from lengthwise.errors import UserError
+
+DOCS = {
+    "a.txt": "Memory barriers order loads and stores.\n",
+    "sub/b.txt": "The scheduler picks the next task.\n" * 3,
+    "sub/c.txt": "",  # empty: skipped and counted
+    "d.txt": "x",
+}
+
+
+def _corpus(root):
+    for name, text in DOCS.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def _cfg(tmp_path, **tok):
+    if not (tmp_path / "corpus").exists():
+        _corpus(tmp_path / "corpus")
+    return DataConfig.model_validate(
+        {
+            "out_dir": str(tmp_path / "out"),
+            "tokenizer": {"kind": "bpe", "vocab_size": 300, **tok},
+            "splits": {"train": {"kind": "text_dir", "path": str(tmp_path / "corpus")}},
+        }
+    )
+
+
+def test_prepare_writes_documents_with_eos(tmp_path):
+    meta = prepare(_cfg(tmp_path), progress=False)["train"]
+    store = TokenStore(tmp_path / "out" / "train")
+    tok = load_tokenizer(tmp_path / "out" / "tokenizer.json")
+    texts = [DOCS["a.txt"], DOCS["d.txt"], DOCS["sub/b.txt"]]  # sorted paths, empty skipped
+    assert store.n_docs == 3 == meta["n_docs"]
+    for i, text in enumerate(texts):
+        assert store.doc(i).tolist() == tok.encode(text) + [tok.eos_id]
+        assert tok.decode(store.doc(i)) == text
+    assert store.tokens.dtype == np.uint16
+    assert store.offsets.dtype == np.int64
+    assert store.offsets[0] == 0 and store.offsets[-1] == store.n_tokens
+    counts = meta["source"]["counts"]
+    assert (counts["docs"], counts["empty_skipped"], counts["invalid_utf8_docs"]) == (3, 1, 0)
+    assert meta["tokenizer"]["sha256"] == tok.fingerprint
+    store.verify()
+
+
+def test_rerun_is_a_noop(tmp_path):
+    cfg = _cfg(tmp_path)
+    prepare(cfg, progress=False)
+    tokens = tmp_path / "out" / "train" / "tokens.bin"
+    before = tokens.stat().st_mtime_ns, (tmp_path / "out" / "tokenizer.json").stat().st_mtime_ns
+    prepare(cfg, progress=False)
+    after = tokens.stat().st_mtime_ns, (tmp_path / "out" / "tokenizer.json").stat().st_mtime_ns
+    assert before == after
+
+
+def test_tokenizer_mismatch_is_an_error(tmp_path):
+    prepare(_cfg(tmp_path), progress=False)
+    other = tmp_path / "char.json"
+    from lengthwise.data.tokenizer import char_tokenizer
+
+    char_tokenizer().save(other)
+    with pytest.raises(UserError, match="built with a different tokenizer"):
+        prepare(_cfg(tmp_path, kind="file", path=str(other)), progress=False)
+    # --overwrite rebuilds with the new tokenizer.
+    meta = prepare(_cfg(tmp_path, kind="file", path=str(other)), overwrite=True, progress=False)
+    assert meta["train"]["tokenizer"]["model"] == "WordLevel"
+    assert TokenStore(tmp_path / "out" / "train").n_tokens == sum(
+        len(t) + 1 for t in DOCS.values() if t
+    )
+
+
+def test_changed_inputs_are_an_error(tmp_path):
+    cfg = _cfg(tmp_path)
+    prepare(cfg, progress=False)
+    tok_file = tmp_path / "out" / "tokenizer.json"
+    before = tok_file.read_bytes()
+    (tmp_path / "corpus" / "e.txt").write_text("a new document")
+    # The BPE would be retrained on the new inputs, but a refused run writes nothing.
+    with pytest.raises(UserError, match="train: inputs changed since it was built"):
+        prepare(cfg, progress=False)
+    assert tok_file.read_bytes() == before
+    assert prepare(cfg, overwrite=True, progress=False)["train"]["n_docs"] == 4
+
+
+def test_failed_build_leaves_nothing(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "fine too"}\nnot json\n')
+    cfg = DataConfig.model_validate(
+        {
+            "out_dir": str(tmp_path / "out"),
+            "tokenizer": {"kind": "char"},
+            "splits": {"train": {"kind": "jsonl", "path": str(bad)}},
+        }
+    )
+    with pytest.raises(UserError, match=r"bad.jsonl:3: not valid JSON"):
+        prepare(cfg, progress=False)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_truncated_or_corrupted_store_is_detected(tmp_path):
+    prepare(_cfg(tmp_path), progress=False)
+    path = tmp_path / "out" / "train"
+    raw = (path / "tokens.bin").read_bytes()
+    (path / "tokens.bin").write_bytes(raw[:-2])
+    with pytest.raises(UserError, match="tokens.bin: missing or truncated"):
+        TokenStore(path)
+    flipped = bytearray(raw)
+    flipped[0] ^= 1
+    (path / "tokens.bin").write_bytes(bytes(flipped))
+    with pytest.raises(UserError, match="checksum mismatch"):
+        TokenStore(path).verify()
+
+
+def test_bos_and_uint32(tmp_path):
+    meta = prepare(_cfg(tmp_path, kind="char", bos=True), progress=False)["train"]
+    store = TokenStore(tmp_path / "out" / "train")
+    first = store.doc(0)
+    assert first[0] == meta["tokenizer"]["bos_id"] and first[-1] == meta["tokenizer"]["eos_id"]
+    assert len(first) == len(DOCS["a.txt"]) + 2
+    assert json.loads((store.path / "meta.json").read_text())["source"]["bos"] is True
