@@ -125,7 +125,10 @@ def write_store(
     offsets = [0]
     digest = hashlib.sha256()
     start = time.perf_counter()
-    bar = tqdm(desc=f"prepare {dest.name}", unit=" docs", disable=not progress, leave=False)
+    # disable=None: no bar when stderr is not a terminal (logs, CI), so errors stay one line.
+    bar = tqdm(
+        desc=f"prepare {dest.name}", unit=" docs", disable=None if progress else True, leave=False
+    )
     try:
         with open(tmp / "tokens.bin", "wb") as out:
             for shard in _batched(docs, shard_docs):

@@ -1,0 +1,127 @@
+"""Data pipeline throughput, measured side by side in one run.
+
+  .venv/bin/python benchmarks/data_pipeline.py [--config configs/demo_text.yaml] [--steps 64]
+
+Rows: `prepare` (tokenizer-bound encoding of the train split into a fresh store), then for each
+batching strategy the index build (decomposition / packing / permutation of one epoch) and batch
+production (plans + token gather + Batch assembly). The last column divides each throughput by
+the training throughput of a demo-sized model measured in the same run: batch production must be
+at least 20x faster than training so it never bounds a training run.
+
+The training reference is a stand-in until the model of issue 3 lands: a pre-norm causal
+Transformer of the demo size built from torch.nn layers, one AdamW step on a (16, 1024) batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lengthwise.config import STRATEGIES, load_config
+from lengthwise.data.sources import SourceStats, iter_documents
+from lengthwise.data.stats import config_for
+from lengthwise.data.store import TokenStore, prepare, write_store
+from lengthwise.data.strategies import build_strategy
+from lengthwise.data.tokenizer import load_tokenizer
+
+
+def reference_train_tokens_per_s(vocab: int, seq_len: int, rows: int, steps: int = 3) -> float:
+    torch.manual_seed(0)
+    d, layers, heads = 256, 4, 4
+    layer = nn.TransformerEncoderLayer(
+        d, heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True, activation="gelu"
+    )
+    model = nn.ModuleDict(
+        {
+            "emb": nn.Embedding(vocab, d),
+            "blocks": nn.TransformerEncoder(layer, layers, enable_nested_tensor=False),
+            "head": nn.Linear(d, vocab, bias=False),
+        }
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(0, vocab, (rows, seq_len))
+    mask = nn.Transformer.generate_square_subsequent_mask(seq_len)
+
+    def step() -> None:
+        h = model["blocks"](model["emb"](x), mask=mask, is_causal=True)
+        loss = nn.functional.cross_entropy(model["head"](h).flatten(0, 1), x.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return rows * seq_len * steps / (time.perf_counter() - start)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="configs/demo_text.yaml")
+    ap.add_argument("--steps", type=int, default=64, help="batches produced per strategy")
+    args = ap.parse_args()
+    cfg = load_config(args.config)
+    prepare(cfg.data, progress=False)
+    store = TokenStore(cfg.data.out_dir / "train")
+    tok = load_tokenizer(cfg.data.out_dir / "tokenizer.json")
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        texts = (d.text for d in iter_documents(cfg.data.splits["train"], SourceStats()))
+        start = time.perf_counter()
+        meta = write_store(Path(tmp) / "train", texts, tok, {}, progress=False)
+        secs = time.perf_counter() - start
+    rows.append(("prepare (encode + write)", "-", meta["n_tokens"] / secs))
+
+    pad_id = store.meta["tokenizer"]["pad_id"]
+    for name in STRATEGIES:
+        bcfg = config_for(cfg.batching, name)
+        if bcfg is None:
+            continue
+        start = time.perf_counter()
+        strategy = build_strategy(bcfg, store.tokens, store.offsets, pad_id=pad_id)
+        n_steps = min(args.steps, strategy.steps_in_epoch(0))
+        strategy.plan(0, 0)
+        index_secs = time.perf_counter() - start
+        start = time.perf_counter()
+        tokens = 0
+        for step in range(n_steps):
+            tokens += strategy.batch(0, step).input_ids.numel()
+        rows.append(
+            (
+                f"batches: {name} ({bcfg.curriculum.name})",
+                f"{index_secs:.3f}",
+                tokens / (time.perf_counter() - start),
+            )
+        )
+
+    train = reference_train_tokens_per_s(
+        tok.vocab_size, cfg.batching.max_len, cfg.batching.tokens_per_step // cfg.batching.max_len
+    )
+    print(
+        f"store: {store.n_docs:,} docs, {store.n_tokens:,} tokens; "
+        f"{cfg.batching.tokens_per_step:,} tokens/step; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    head = f"{'stage':<44}{'index s':>9}{'tokens/s':>14}{'x training':>12}"
+    print(head)
+    print("-" * len(head))
+    for stage, index, tps in rows:
+        print(f"{stage:<44}{index:>9}{tps:>14,.0f}{tps / train:>11.1f}x")
+    print(f"{'training reference (4x256, fwd+bwd+AdamW)':<44}{'-':>9}{train:>14,.0f}{1:>11.1f}x")
+    slow = [stage for stage, _, tps in rows[1:] if tps < 20 * train]
+    if slow:
+        print(f"FAIL: batch production < 20x training throughput for: {', '.join(slow)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The `lengthwise` command line. Every subcommand takes a config file plus `key.sub=value`
+overrides; bad input ends with one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lengthwise import __version__
+from lengthwise.errors import UserError
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file")
+    p.add_argument(
+        "overrides", nargs="*", help="key.sub=value overrides, e.g. batching.max_len=512"
+    )
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from lengthwise.config import load_config
+    from lengthwise.data.store import prepare
+
+    cfg = load_config(args.config, args.overrides)
+    prepare(cfg.data, overwrite=args.overwrite, progress=not args.quiet)
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from lengthwise.config import STRATEGIES, load_config
+    from lengthwise.data.stats import ModelDims, all_strategy_stats, format_summaries, format_table
+    from lengthwise.data.store import TokenStore
+
+    cfg = load_config(args.config, args.overrides)
+    if args.split not in cfg.data.splits:
+        raise UserError(
+            f"{args.config}: no split '{args.split}' (splits: {', '.join(cfg.data.splits)})"
+        )
+    store = TokenStore(cfg.data.out_dir / args.split)
+    strategies = tuple(args.strategies.split(",")) if args.strategies else STRATEGIES
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise UserError(f"--strategies: unknown {unknown} (choose from {', '.join(STRATEGIES)})")
+    rows = all_strategy_stats(
+        store, cfg.batching, strategies, ModelDims(args.n_layer, args.d_model)
+    )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        b = cfg.batching
+        print(
+            f"store {store.path}: {store.n_docs:,} docs, {store.n_tokens:,} tokens; "
+            f"{b.tokens_per_step:,} tokens/step, max_len {b.max_len}; "
+            f"FLOPs for {args.n_layer} layers x d_model {args.d_model}, relative to concat_chunk"
+        )
+        print(format_table(rows))
+        print(format_summaries(rows))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lengthwise", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lengthwise {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="tokenize documents into token stores (one per split)")
+    _add_config(p)
+    p.add_argument("--overwrite", action="store_true", help="rebuild stores that exist")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("data-stats", help="compare batching strategies on a prepared store")
+    _add_config(p)
+    p.add_argument("--split", default="train")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--strategies", default=None, help="comma-separated subset")
+    p.add_argument("--n-layer", type=int, default=4, help="model depth for the FLOP estimate")
+    p.add_argument("--d-model", type=int, default=256, help="model width for the FLOP estimate")
+    p.set_defaults(func=cmd_data_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"lengthwise: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lengthwise: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""The command line as a user meets it: exit codes, one-line errors, the demo config."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, "-m", "lengthwise", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _config(tmp_path, source: str, strategy="decomposition"):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"""
+data:
+  out_dir: {tmp_path / "out"}
+  tokenizer: {{kind: char}}
+  splits:
+    train: {source}
+batching: {{strategy: {strategy}, tokens_per_step: 256, max_len: 64, min_bucket: 8}}
+"""
+    )
+    return cfg
+
+
+def _jsonl(tmp_path, n=40):
+    path = tmp_path / "docs.jsonl"
+    lines = [json.dumps({"text": "lorem ipsum " * (1 + (i * 7) % 23)}) for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_help_lists_commands():
+    out = run("--help")
+    assert out.returncode == 0
+    assert "prepare" in out.stdout and "data-stats" in out.stdout
+
+
+def test_prepare_then_stats_json(tmp_path):
+    cfg = _config(tmp_path, f"{{kind: jsonl, path: {_jsonl(tmp_path)}}}")
+    first = run("prepare", cfg)
+    assert first.returncode == 0, first.stderr
+    second = run("prepare", cfg)
+    assert second.returncode == 0 and "train: up to date (40 docs" in second.stdout
+    stats = run("data-stats", cfg, "--json")
+    assert stats.returncode == 0, stats.stderr
+    rows = json.loads(stats.stdout)
+    assert [r["strategy"] for r in rows] == [
+        "pad",
+        "concat_chunk",
+        "concat_chunk_docmask",
+        "best_fit",
+        "decomposition",
+    ]
+    for r in rows:
+        for key in ("pad_fraction", "dropped_fraction", "cross_doc_pairs", "attn_flops_ratio"):
+            assert isinstance(r[key], float | int), (r["strategy"], key)
+    by = {r["strategy"]: r for r in rows}
+    assert by["concat_chunk"]["attn_flops_ratio"] == 1.0
+    assert by["concat_chunk"]["cross_doc_pairs"] > 0
+    assert all(by[s]["cross_doc_pairs"] == 0 for s in by if s != "concat_chunk")
+    assert by["decomposition"]["pad_fraction"] == 0.0
+    text = run("data-stats", cfg, "batching.tokens_per_step=512")
+    assert text.returncode == 0 and "decomposition" in text.stdout
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("{kind: jsonl, path: /nonexistent/x.jsonl}", "/nonexistent/x.jsonl: "),
+        ("{kind: text_dir, path: EMPTYDIR}", "no files match"),
+        ("{kind: jsonl, path: BADJSON}", "bad.jsonl:2: not valid JSON"),
+        ("{kind: jsonl, path: BADFIELD}", "no field 'text'"),
+        (
+            "{kind: jsonl, path: x.jsonl, textfield: body}",
+            "data.splits.train.textfield: unknown key",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, source, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{oops\n')
+    (tmp_path / "field.jsonl").write_text('{"body": "ok"}\n')
+    source = (
+        source.replace("EMPTYDIR", str(tmp_path / "empty"))
+        .replace("BADJSON", str(tmp_path / "bad.jsonl"))
+        .replace("BADFIELD", str(tmp_path / "field.jsonl"))
+    )
+    out = run("prepare", _config(tmp_path, source))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lengthwise: error: "), out.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "out" / "train").exists()
+    leftovers = list((tmp_path / "out").glob(".*")) if (tmp_path / "out").exists() else []
+    assert leftovers == []
+
+
+def test_stats_before_prepare_is_a_clear_error(tmp_path):
+    cfg = _config(tmp_path, f"{{kind: jsonl, path: {_jsonl(tmp_path)}}}")
+    out = run("data-stats", cfg)
+    assert out.returncode == 2
+    assert "not a token store (no meta.json); run `lengthwise prepare`" in out.stderr
