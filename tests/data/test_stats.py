@@ -1,0 +1,92 @@
+"""data-stats on a store small enough to count by hand: 6 documents of 12 tokens (11 + EOS),
+16-token rows, 32 tokens per step, a 1-layer d_model=8 model for the FLOP formula."""
+
+import pytest
+
+from lengthwise.config import BatchingConfig, DataConfig
+from lengthwise.data.stats import ModelDims, all_strategy_stats
+from lengthwise.data.store import TokenStore, prepare
+
+MODEL = ModelDims(n_layer=1, d_model=8)
+N = 12 * 1 * 8**2  # non-embedding parameters
+
+
+def _flops(slots_per_step: int, pairs_per_step: float) -> float:
+    return 6 * N * slots_per_step + 12 * 1 * 8 * pairs_per_step
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stats")
+    (tmp / "docs.jsonl").write_text('{"text": "abcdefghijk"}\n' * 6)
+    cfg = DataConfig.model_validate(
+        {
+            "out_dir": str(tmp / "out"),
+            "tokenizer": {"kind": "char"},
+            "splits": {"train": {"kind": "jsonl", "path": str(tmp / "docs.jsonl")}},
+        }
+    )
+    prepare(cfg, progress=False)
+    store = TokenStore(tmp / "out" / "train")
+    assert store.lengths.tolist() == [12] * 6
+    batching = BatchingConfig(
+        strategy="decomposition", tokens_per_step=32, max_len=16, min_bucket=4
+    )
+    return {r["strategy"]: r for r in all_strategy_stats(store, batching, model=MODEL)}
+
+
+def test_concat_chunk(rows):
+    r = rows["concat_chunk"]
+    # 72-token stream; a step reads 2 rows x 16 + 1 tokens: steps at 0 and 32; 64 + 33 > 72.
+    assert (r["steps_per_epoch"], r["input_tokens"], r["pad_fraction"]) == (2, 64, 0.0)
+    assert r["dropped_fraction"] == pytest.approx(8 / 72)
+    assert r["target_tokens"] == 64  # every input predicts the next stream token
+    # Rows [0,16) [16,32) [32,48) [48,64) hold segments 12+4, 8+8, 4+12, 12+4 (boundaries every
+    # 12 tokens): cross pairs = 136 - same-document pairs per row.
+    cross = (136 - 78 - 10) + (136 - 36 - 36) + (136 - 10 - 78) + (136 - 78 - 10)
+    assert r["cross_doc_pairs"] == cross / 2
+    assert r["attn_pairs"] == 2 * 136
+    assert (r["attn_flops_ratio"], r["total_flops_ratio"]) == (1.0, 1.0)
+
+
+def test_concat_chunk_docmask(rows):
+    r = rows["concat_chunk_docmask"]
+    assert r["cross_doc_pairs"] == 0
+    pairs = ((78 + 10) + (36 + 36) + (10 + 78) + (78 + 10)) / 2
+    assert r["attn_pairs"] == pairs
+    assert r["attn_flops_ratio"] == pytest.approx(pairs / 272)
+    assert r["total_flops_ratio"] == pytest.approx(_flops(32, pairs) / _flops(32, 272))
+    # A document ending inside a row loses its last target; one cut by the row end keeps it (the
+    # extra column holds its next token): rows give 11+4, 7+8, 3+11, 11+4.
+    assert r["target_tokens"] == 15 + 15 + 14 + 15
+
+
+def test_best_fit(rows):
+    r = rows["best_fit"]
+    # 12-token pieces: one per 16-token bin (12 + 12 > 16), 6 bins, 2 rows per step.
+    assert (r["steps_per_epoch"], r["input_tokens"], r["pad_tokens"]) == (3, 72, 24)
+    assert r["pad_fraction"] == 0.25 and r["dropped_fraction"] == 0.0
+    assert r["target_tokens"] == 6 * 11
+    assert r["attn_flops_ratio"] == pytest.approx(2 * 78 / 272)
+
+
+def test_pad(rows):
+    r = rows["pad"]
+    # Whole 12-token documents, padded to the longest in the batch (12): no padding at all.
+    assert (r["steps_per_epoch"], r["pad_tokens"], r["dropped_fraction"]) == (3, 0, 0.0)
+    assert r["mean_seq_len"] == 12
+    assert r["total_flops_ratio"] == pytest.approx(_flops(24, 2 * 78) / _flops(32, 272))
+
+
+def test_decomposition(rows):
+    r = rows["decomposition"]
+    # 12 = 8 + 4: six 8-pieces (4 rows per step -> 1 step, 2 left over) and six 4-pieces (8 rows
+    # per step -> no full step). 32 of 72 tokens trained.
+    assert (r["steps_per_epoch"], r["input_tokens"], r["target_tokens"]) == (1, 32, 4 * 7)
+    assert r["dropped_fraction"] == pytest.approx(40 / 72)
+    s = r["summary"]
+    assert s["pieces_per_bucket"] == [6, 6, 0]
+    assert s["batches_per_bucket"] == [0, 1, 0]
+    assert s["dropped_tokens_remainder"] == 2 * 8 + 6 * 4
+    assert r["attn_flops_ratio"] == pytest.approx(4 * 36 / 272)
+    assert r["total_flops_ratio"] == pytest.approx(_flops(32, 144) / _flops(32, 272))
