@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 
-from lengthwise.config import BatchingConfig
 from lengthwise.data.base import Strategy
 from lengthwise.data.curriculum import bucket_schedule, rng_for
 from lengthwise.data.plan import StepPlan
@@ -177,16 +176,9 @@ class DecompositionStrategy(Strategy):
 
     name = "decomposition"
 
-    def __init__(
-        self,
-        tokens: np.ndarray,
-        offsets: np.ndarray,
-        cfg: BatchingConfig,
-        pad_id: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        super().__init__(tokens, offsets, cfg, pad_id, rank, world_size)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = self.cfg
         self.min_log2 = cfg.min_bucket.bit_length() - 1
         self.max_log2 = cfg.max_len.bit_length() - 1
         self.bucket_lens = np.left_shift(1, np.arange(self.min_log2, self.max_log2 + 1))
