@@ -199,18 +199,18 @@ def _bpe_recipe(cfg: DataConfig) -> tuple[SourceConfig, dict]:
 
 
 def resolve_tokenizer(cfg: DataConfig, progress: bool = True) -> tuple[Tokenizer, bool]:
-    """The tokenizer for this data config and whether it is new (not yet saved).
+    """The tokenizer for this data config and whether out_dir/tokenizer.json must be (re)written.
 
     A BPE is trained once and cached as out_dir/tokenizer.json; the cache is reused only if it
     was trained on the same inputs with the same settings (recorded in tokenizer.meta.json).
     """
     tcfg = cfg.tokenizer
-    if tcfg.kind == "file":
-        return load_tokenizer(tcfg.path), False  # type: ignore[arg-type]
-    if tcfg.kind == "char":
-        return char_tokenizer(tcfg.alphabet), False
-    train_src, recipe = _bpe_recipe(cfg)
     path, recipe_path = cfg.out_dir / "tokenizer.json", cfg.out_dir / "tokenizer.meta.json"
+    if tcfg.kind in ("file", "char"):
+        tok = load_tokenizer(tcfg.path) if tcfg.kind == "file" else char_tokenizer(tcfg.alphabet)  # type: ignore[arg-type]
+        same = path.is_file() and load_tokenizer(path).fingerprint == tok.fingerprint
+        return tok, not same
+    train_src, recipe = _bpe_recipe(cfg)
     if path.is_file() and recipe_path.is_file() and json.loads(recipe_path.read_text()) == recipe:
         return load_tokenizer(path), False
     if progress:
@@ -247,11 +247,6 @@ def prepare(cfg: DataConfig, overwrite: bool = False, progress: bool = True) -> 
             )
             if problem:
                 raise UserError(problem)
-    if tok_is_new:
-        tok.save(cfg.out_dir / "tokenizer.json")
-        atomic_write_text(
-            cfg.out_dir / "tokenizer.meta.json", json.dumps(_bpe_recipe(cfg)[1], indent=2)
-        )
     results = {}
     for split, src in cfg.splits.items():
         dest = cfg.out_dir / split
@@ -281,4 +276,11 @@ def prepare(cfg: DataConfig, overwrite: bool = False, progress: bool = True) -> 
                 f"{counts['invalid_utf8_docs']} with invalid UTF-8 replaced"
             )
         results[split] = meta
+    # Last, so a failed run leaves no tokenizer that no store was built with.
+    if tok_is_new:  # every store under out_dir is read with out_dir/tokenizer.json
+        tok.save(cfg.out_dir / "tokenizer.json")
+        recipe = (
+            _bpe_recipe(cfg)[1] if cfg.tokenizer.kind == "bpe" else {"kind": cfg.tokenizer.kind}
+        )
+        atomic_write_text(cfg.out_dir / "tokenizer.meta.json", json.dumps(recipe, indent=2))
     return results
