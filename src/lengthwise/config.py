@@ -135,9 +135,114 @@ class BatchingConfig(Strict):
         return self
 
 
+PositionName = Literal[
+    "learned", "sinusoidal", "rope", "nope", "alibi", "fire", "abacus", "relative_bias"
+]
+
+
+class ModelConfig(Strict):
+    """A decoder-only Transformer (see lengthwise/model/gpt.py). `vocab_size` None: taken from
+    the tokenizer of the data config."""
+
+    vocab_size: int | None = Field(default=None, gt=0)
+    n_layer: int = Field(default=4, ge=1)
+    n_head: int = Field(default=4, ge=1)
+    d_model: int = Field(default=256, ge=8)
+    d_ff: int | None = Field(default=None, gt=0)  # None: 4*d_model (gelu), 8/3*d_model (swiglu)
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    tie_embeddings: bool = True
+    bias: bool = False
+    norm_eps: float = Field(default=1e-5, gt=0)
+    init_std: float = Field(default=0.02, gt=0)
+    emb_dropout: float = Field(default=0.0, ge=0.0, le=0.5)
+    attn_dropout: float = Field(default=0.0, ge=0.0, le=0.5)
+    resid_dropout: float = Field(default=0.0, ge=0.0, le=0.5)
+    position: PositionName = "rope"
+    max_position: int = Field(default=2048, gt=0)  # learned/sinusoidal table size
+    rope_base: float = Field(default=10000.0, gt=1.0)
+    # Randomized positions (Ruoss et al. 2023): in training, each row's positions are a sorted
+    # random subset of [0, random_positions_max); 0 = off.
+    random_positions_max: int = Field(default=0, ge=0)
+    # relative_bias: per-head learned bias on position differences clipped to max_distance;
+    # window > 0 also masks keys more than `window` positions back.
+    max_distance: int = Field(default=128, ge=1)
+    window: int = Field(default=0, ge=0)
+    # abacus (McLeish et al. 2024): token ids of the digits 0-9, each digit embedded by its index
+    # within its number (1-based); a random offset in [0, abacus_offset] is added in training.
+    digit_token_ids: list[int] = Field(default_factory=list)
+    abacus_max_digits: int = Field(default=128, ge=1)
+    abacus_offset: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})"
+            )
+        if self.position == "rope" and (self.d_model // self.n_head) % 2:
+            raise ValueError("rope needs an even head dimension")
+        if self.position == "abacus" and not self.digit_token_ids:
+            raise ValueError("abacus needs digit_token_ids (set from a char tokenizer)")
+        return self
+
+
+class OptimConfig(Strict):
+    """AdamW with parameter groups: no weight decay on norms, biases and embeddings unless
+    `decay_embeddings`. `l2` and `l1` add explicit penalties (coefficient x sum of squares or
+    absolute values of the decayed weights) to the loss; the seed recommends 0.001-0.01."""
+
+    lr: float = Field(default=1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(default=1e-8, gt=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    decay_embeddings: bool = False
+    l1: float = Field(default=0.0, ge=0)
+    l2: float = Field(default=0.0, ge=0)
+    grad_clip: float = Field(default=1.0, ge=0)  # 0 = off
+
+
+class ScheduleConfig(Strict):
+    """Learning rate by tokens seen (not steps: VSL steps differ in shape, not in tokens)."""
+
+    warmup_tokens: int = Field(default=0, ge=0)
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+
+
+class TrainConfig(Strict):
+    out_dir: Path = Path("runs/default")
+    total_tokens: int = Field(default=1_000_000, gt=0)
+    micro_batch_tokens: int | None = Field(default=None, gt=0)  # None: no accumulation
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA
+    compile: bool = False
+    max_nonfinite_steps: int = Field(default=5, ge=1)
+    log_every_steps: int = Field(default=10, ge=1)
+    eval_every_tokens: int = Field(default=0, ge=0)  # 0 = only at the end
+    eval_splits: list[str] = Field(default_factory=list)
+    eval_tokens: int = Field(default=65536, gt=0)  # per split and eval
+    checkpoint_every_tokens: int = Field(default=0, ge=0)  # 0 = only at the end
+    keep_last: int = Field(default=2, ge=1)
+    best_metric: str | None = None  # e.g. "val/loss"; keeps a `best` checkpoint
+    progress: bool = True
+    tensorboard: bool = True
+    peak_tflops: float | None = Field(default=None, gt=0)  # per device, for the MFU estimate
+
+
+class DistributedConfig(Strict):
+    fsdp: bool = False
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+
 class Config(Strict):
     data: DataConfig
     batching: BatchingConfig = BatchingConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

@@ -1,0 +1,191 @@
+"""A compact decoder-only Transformer, readable top to bottom: Attention, MLP, Block, GPT.
+
+Pre-norm (RMSNorm), GELU or SwiGLU MLP, optional tied embeddings, GPT-2 initialization. The model
+reads the Batch's `position_ids` and `doc_ids` (see lengthwise/batch.py): positional encodings
+come from positions.py, document masking from attention.py, and a packed row gives every document
+the logits it would get alone (tests/model/test_gpt.py checks this for every position kind).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lengthwise.config import ModelConfig
+from lengthwise.model.attention import AttnMask, attention
+from lengthwise.model.positions import PositionInfo, Positions, apply_rope
+
+IGNORE_INDEX = -100
+
+
+def ff_width(cfg: ModelConfig) -> int:
+    """d_ff: as configured, else 4 d (GELU) or 8/3 d rounded up to a multiple of 64 (SwiGLU,
+    which has three matrices: 8/3 keeps the parameter count of a 4 d GELU MLP)."""
+    if cfg.d_ff is not None:
+        return cfg.d_ff
+    if cfg.mlp == "swiglu":
+        return 64 * math.ceil(8 * cfg.d_model / 3 / 64)
+    return 4 * cfg.d_model
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.attn_dropout = cfg.attn_dropout
+        self.resid_dropout = nn.Dropout(cfg.resid_dropout)
+
+    def forward(self, x: Tensor, pos: PositionInfo, mask: AttnMask) -> Tensor:
+        B, T, C = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
+        if pos.rope is not None:
+            q, k = apply_rope(q, *pos.rope), apply_rope(k, *pos.rope)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        y = attention(q, k, v, mask, pos.bias, dropout_p)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d_ff = ff_width(cfg)
+        self.swiglu = cfg.mlp == "swiglu"
+        # SwiGLU: one matrix for gate and up, split after the matmul
+        self.up = nn.Linear(cfg.d_model, (2 if self.swiglu else 1) * d_ff, bias=cfg.bias)
+        self.down = nn.Linear(d_ff, cfg.d_model, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.resid_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.up(x)  # (B, T, d_ff or 2 d_ff)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h)
+        return self.dropout(self.down(h))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, pos: PositionInfo, mask: AttnMask) -> Tensor:
+        x = x + self.attn(self.norm1(x), pos, mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError(
+                "ModelConfig.vocab_size is None: set it (the trainer takes it from "
+                "the tokenizer) before building the model"
+            )
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.positions = Positions(cfg)
+        self.drop = nn.Dropout(cfg.emb_dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2: N(0, init_std) everywhere, residual projections scaled by 1/sqrt(2 n_layer) so
+        the residual stream's variance does not grow with depth. Positions init themselves."""
+        std = self.cfg.init_std
+        for module in [self.wte, self.lm_head, *self.blocks.modules()]:
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.mlp.down):
+                nn.init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * self.cfg.n_layer))
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor | None = None,
+        doc_ids: Tensor | None = None,
+        targets: Tensor | None = None,
+    ) -> Tensor:
+        """Logits (B, T, V) float32, or with `targets` the float32 SUM of token cross-entropies
+        over targets != -100 (the trainer divides by the step's target count)."""
+        B, T = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+        pos = self.positions(input_ids, position_ids, doc_ids)
+        mask = AttnMask(doc_ids, pos.position_ids if pos.window else None, pos.window)
+        x = self.wte(input_ids)  # (B, T, C)
+        if pos.emb is not None:
+            x = x + pos.emb
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, pos, mask)
+        # final norm, logits and loss in fp32 even under autocast: bf16 logits lose the small
+        # probabilities that the loss (and perplexity beyond the training length) is made of
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = self.norm(x.float())
+            logits = F.linear(x, self.lm_head.weight.float())  # (B, T, V)
+            if targets is None:
+                return logits
+            return F.cross_entropy(
+                logits.view(B * T, -1),
+                targets.reshape(B * T),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count, a shared matrix counted once. `non_embedding` leaves out the lookup
+        tables (position tables, and the token embedding unless it is tied to the output head,
+        where it does a matmul's work), as nanoGPT does: the N of the 6N FLOPs rule."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            if not self.cfg.tie_embeddings:
+                n -= self.wte.weight.numel()
+            if self.cfg.position in ("learned", "abacus"):
+                n -= self.positions.table.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward) for rows of `seq_len` tokens:
+        6 N (N = num_params(non_embedding=True); 2 per multiply-add, x3 for the backward) plus
+        attention scores and values, 2 matmuls x 2 FLOPs x d_model per (query, key) pair, over the
+        seq_len / 2 keys a causal query sees on average, x3: 12 n_layer d_model seq_len / 2.
+        Document-masked rows see fewer keys; the data statistics count those exactly."""
+        N = self.num_params(non_embedding=True)
+        return 6.0 * N + 12.0 * self.cfg.n_layer * self.cfg.d_model * seq_len / 2
+
+    def param_groups(self, weight_decay: float, decay_embeddings: bool) -> list[dict]:
+        """AdamW groups: weight decay on the 2-D weights of Linear layers in the blocks (and the
+        untied output head), and on the token embedding if `decay_embeddings`; never on norms,
+        biases, position tables, or FIRE/relative-bias parameters (they are a handful of numbers
+        that shape attention; decaying them pulls every model toward NoPE)."""
+        decayed = {id(m.weight) for m in self.blocks.modules() if isinstance(m, nn.Linear)}
+        if not self.cfg.tie_embeddings:
+            decayed.add(id(self.lm_head.weight))
+        if decay_embeddings:
+            decayed.add(id(self.wte.weight))
+        decay, no_decay = [], []
+        for p in self.parameters():  # shared parameters appear once
+            (decay if id(p) in decayed else no_decay).append(p)
+        return [
+            {"name": "decay", "params": decay, "weight_decay": weight_decay},
+            {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+        ]
