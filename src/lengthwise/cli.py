@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from lengthwise import __version__
 from lengthwise.errors import UserError
@@ -59,6 +60,39 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from lengthwise.config import load_config
+    from lengthwise.train.trainer import TrainingDiverged, train
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        summary = train(cfg, resume=args.resume, quiet=args.quiet, stop_at_step=args.stop_at_step)
+    except TrainingDiverged as e:
+        print(f"lengthwise: training stopped: {e}", file=sys.stderr)
+        return 1
+    if summary is not None and not args.quiet:
+        final = ", ".join(f"{k} {v:.4f}" for k, v in summary["final"].items())
+        print(
+            f"{summary['stop_reason']}: {summary['steps']} steps, {summary['tokens']:,} tokens "
+            f"in {summary['wall_seconds']:.0f}s"
+            + (f"; {final}" if final else "")
+            + f"\nrun: {cfg.train.out_dir}"
+        )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lengthwise.export import export_run
+
+    out, hf_skipped = export_run(args.run_dir, args.checkpoint, args.out)
+    print(f"exported {args.checkpoint} checkpoint of {args.run_dir} to {out}")
+    if hf_skipped:
+        print(f"no Hugging Face folder: {hf_skipped}")
+    else:
+        print(f"Hugging Face LlamaForCausalLM: {out / 'hf'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lengthwise", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lengthwise {__version__}")
@@ -78,6 +112,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-layer", type=int, default=4, help="model depth for the FLOP estimate")
     p.add_argument("--d-model", type=int, default=256, help="model width for the FLOP estimate")
     p.set_defaults(func=cmd_data_stats)
+
+    p = sub.add_parser("train", help="train a model (also under torchrun)")
+    _add_config(p)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument(
+        "--stop-at-step",
+        type=int,
+        default=None,
+        metavar="N",
+        help="checkpoint and stop after step N (same schedule; continue with --resume)",
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="write a run's weights, config and tokenizer to one folder")
+    p.add_argument("run_dir", type=Path, help="a train.out_dir")
+    p.add_argument(
+        "--checkpoint", default="last", help="last (default), best, or a checkpoint folder"
+    )
+    p.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/export")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -181,8 +181,6 @@ class ModelConfig(Strict):
             )
         if self.position == "rope" and (self.d_model // self.n_head) % 2:
             raise ValueError("rope needs an even head dimension")
-        if self.position == "abacus" and not self.digit_token_ids:
-            raise ValueError("abacus needs digit_token_ids (set from a char tokenizer)")
         return self
 
 

@@ -81,6 +81,10 @@ class Positions(nn.Module):
         elif self.kind == "relative_bias":
             self.relative = RelativeBias(H, cfg.max_distance)
         elif self.kind == "abacus":
+            if not cfg.digit_token_ids:
+                raise ValueError(
+                    "abacus needs digit_token_ids (the trainer takes them from the tokenizer)"
+                )
             self.abacus_offset = cfg.abacus_offset
             self.table = nn.Embedding(cfg.abacus_max_digits + cfg.abacus_offset + 1, d)
             nn.init.normal_(self.table.weight, std=cfg.init_std)

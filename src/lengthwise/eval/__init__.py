@@ -1,0 +1,1 @@
+"""Evaluation that runs on any model; never imports lengthwise.train."""

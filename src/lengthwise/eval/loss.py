@@ -1,0 +1,78 @@
+"""Held-out loss and perplexity on a token store, identical whatever strategy trained the model.
+
+Documents are read in store order and cut into rows of at most `seq_len` tokens (each row one
+document piece, positions from 0), so every model is scored on the same predictions. Rows are
+sorted by length and batched by `batch_tokens` to keep padding low. In a distributed run each
+rank scores every W-th row and the sums are all-reduced by the caller-supplied `reduce`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from lengthwise.batch import IGNORE_INDEX
+
+
+def eval_rows(offsets: np.ndarray, seq_len: int, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start, length) of each row: documents in order cut into seq_len pieces, up to about
+    `max_tokens` tokens in all (whole documents only, at least one)."""
+    lengths = np.diff(offsets)
+    n_docs = max(1, int(np.searchsorted(np.cumsum(lengths), max_tokens, side="right")))
+    starts, lens = [], []
+    for doc in range(min(n_docs, len(lengths))):
+        for off in range(0, int(lengths[doc]), seq_len):
+            starts.append(int(offsets[doc]) + off)
+            lens.append(min(seq_len, int(lengths[doc]) - off))
+    return np.asarray(starts, dtype=np.int64), np.asarray(lens, dtype=np.int64)
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: nn.Module,
+    tokens: np.ndarray,
+    offsets: np.ndarray,
+    seq_len: int,
+    max_tokens: int,
+    device: torch.device,
+    pad_id: int,
+    batch_tokens: int = 16384,
+    rank: int = 0,
+    world_size: int = 1,
+    reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    autocast: Callable[[], object] | None = None,
+) -> dict[str, float]:
+    """Mean next-token loss (nats) and perplexity over the rows of `eval_rows`."""
+    was_training = model.training
+    model.eval()
+    starts, lens = eval_rows(offsets, seq_len, max_tokens)
+    order = np.argsort(-lens, kind="stable")
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # (loss sum, targets)
+    i = 0
+    # Global batches, rows dealt round-robin to ranks: every rank makes the same number of
+    # forward calls (FSDP all-gathers parameters in each one), a rank without rows scores an
+    # all-ignored dummy row.
+    while i < len(order):
+        T = int(lens[order[i]])
+        n = max(1, batch_tokens // T) * world_size
+        rows = order[i : i + n][rank::world_size]
+        i += n
+        ids = np.full((max(len(rows), 1), T), pad_id, dtype=np.int64)
+        tgt = np.full((max(len(rows), 1), T), IGNORE_INDEX, dtype=np.int64)
+        for r, row in enumerate(rows):
+            piece = np.asarray(tokens[starts[row] : starts[row] + lens[row]], dtype=np.int64)
+            ids[r, : len(piece)] = piece
+            tgt[r, : len(piece) - 1] = piece[1:]
+        x = torch.from_numpy(ids).to(device)
+        y = torch.from_numpy(tgt).to(device)
+        with autocast() if autocast else torch.autocast(device.type, enabled=False):
+            loss_sum = model(x, targets=y)
+        total[0] += loss_sum.double()
+        total[1] += (y != IGNORE_INDEX).sum()
+    total = reduce(total)
+    model.train(was_training)
+    mean = (total[0] / total[1].clamp(min=1)).item()
+    return {"loss": mean, "ppl": float(np.exp(min(mean, 50.0))), "tokens": int(total[1].item())}

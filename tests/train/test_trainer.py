@@ -1,0 +1,205 @@
+"""Trainer behaviour on a tiny model: exact loss normalization, resume, NaN guard, golden loss."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lengthwise.config import load_config
+from lengthwise.data.tokenizer import load_tokenizer
+from lengthwise.train.log import read_metrics
+from lengthwise.train.trainer import Trainer, TrainingDiverged, train
+
+GOLDEN = Path(__file__).parent / "golden" / "tiny_decomposition_grow_p2.json"
+
+
+def _params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model_plain.state_dict().items()}
+
+
+def _grads(trainer: Trainer, batch) -> dict[str, torch.Tensor]:
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.backward(batch)
+    return {n: p.grad.clone() for n, p in trainer.model_plain.named_parameters()}
+
+
+def test_accumulated_micro_batches_give_the_same_gradient(make_cfg):
+    # decomposition buckets of 8..64 tokens; 512 tokens per step -> 8..64 rows per step.
+    whole = Trainer(make_cfg())
+    split = Trainer(
+        make_cfg(
+            "train.micro_batch_tokens=128",
+            "train.out_dir=" + str(Path(whole.run_dir).parent / "run2"),
+        )
+    )
+    for _ in range(3):
+        batch = next(whole.loader)
+        assert torch.equal(batch.input_ids, next(split.loader).input_ids)
+        g1, g4 = _grads(whole, batch), _grads(split, batch)
+        for name in g1:
+            torch.testing.assert_close(g4[name], g1[name], rtol=1e-5, atol=1e-7)
+    # The normalizer is the whole step's target count: the loss gradient of a step is that of
+    # the mean token loss, whatever the split.
+    assert split.cfg.train.micro_batch_tokens == 128
+
+
+def test_loss_normalization_equals_mean_token_loss(make_cfg):
+    t = Trainer(make_cfg())
+    batch = next(t.loader)
+    with torch.no_grad():
+        logits = t.model_plain(batch.input_ids, batch.position_ids, batch.doc_ids)
+        mean = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100
+        )
+    out = t.train_step(batch)
+    assert out["loss"] == pytest.approx(mean.item(), rel=1e-6)
+    assert out["targets"] == batch.n_target_tokens == int((batch.targets != -100).sum())
+
+
+@pytest.mark.parametrize(
+    "strategy", ["batching.strategy=decomposition", "batching.strategy=best_fit"]
+)
+def test_resume_is_bitwise_exact(make_cfg, tmp_path, strategy):
+    overrides = [strategy, "model.resid_dropout=0.1", "model.attn_dropout=0.1"]
+    if "best_fit" in strategy:
+        overrides.append("batching.curriculum.name=none")
+    full = train(make_cfg(*overrides, f"train.out_dir={tmp_path / 'full'}"), quiet=True)
+    first = train(
+        make_cfg(*overrides, f"train.out_dir={tmp_path / 'half'}"), quiet=True, stop_at_step=10
+    )
+    assert first["stop_reason"] == "paused" and first["steps"] == 10
+    with pytest.raises(Exception, match="pass --resume"):
+        train(make_cfg(*overrides, f"train.out_dir={tmp_path / 'half'}"), quiet=True)
+    second = train(
+        make_cfg(*overrides, f"train.out_dir={tmp_path / 'half'}"), resume=True, quiet=True
+    )
+    assert second["steps"] == full["steps"] == 20
+    a = load_file(tmp_path / "full" / "export" / "model.safetensors")
+    b = load_file(tmp_path / "half" / "export" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    losses_full = [r["loss"] for r in read_metrics(tmp_path / "full", "train")]
+    losses_half = [r["loss"] for r in read_metrics(tmp_path / "half", "train")]
+    assert losses_half == losses_full
+
+
+def test_nonfinite_steps_are_skipped_then_abort(make_cfg, monkeypatch):
+    t = Trainer(make_cfg("train.max_nonfinite_steps=3"))
+    before = _params(t)
+    real_forward = t.model_plain.forward
+    monkeypatch.setattr(
+        t.model_plain, "forward", lambda *a, **k: real_forward(*a, **k) * float("nan")
+    )
+    t.model = t.model_plain
+    out = t.train_step(next(t.loader))
+    assert not out["finite"]
+    after = _params(t)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # update skipped
+    with pytest.raises(TrainingDiverged, match="3 non-finite steps in a row"):
+        t.fit()
+    events = read_metrics(t.run_dir, "nonfinite")
+    assert len(events) == 3
+
+
+def test_run_dir_contents_and_eval(make_cfg):
+    cfg = make_cfg(
+        "train.eval_splits=[val]",
+        "train.eval_every_tokens=5120",
+        "train.best_metric=val/loss",
+        "train.checkpoint_every_tokens=5120",
+    )
+    summary = train(cfg, quiet=True)
+    run = Path(cfg.train.out_dir)
+    for name in (
+        "config.yaml",
+        "tokenizer.json",
+        "metrics.jsonl",
+        "export/model.safetensors",
+        "export/config.json",
+        "export/tokenizer.json",
+        "summary.json",
+    ):
+        assert (run / name).is_file(), name
+    evals = read_metrics(run, "eval")
+    assert [e["step"] for e in evals] == [10, 20]
+    assert all(e["val/loss"] > 0 for e in evals)
+    assert summary["best"] == min(e["val/loss"] for e in evals)
+    assert (run / "checkpoints" / "best" / "manifest.json").is_file()
+    best_step = json.loads((run / "checkpoints" / "best" / "manifest.json").read_text())["step"]
+    assert best_step == min(evals, key=lambda e: e["val/loss"])["step"]
+    train_rows = read_metrics(run, "train")
+    assert [r["step"] for r in train_rows] == list(range(1, 21))
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"]
+
+
+def test_corrupted_checkpoint_is_reported(make_cfg):
+    cfg = make_cfg()
+    train(cfg, quiet=True, stop_at_step=5)
+    ckpt = Path(cfg.train.out_dir) / "checkpoints" / "step-00000005"
+    data = (ckpt / "train_state.pt").read_bytes()
+    (ckpt / "train_state.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception, match="corrupted or truncated checkpoint"):
+        train(cfg, resume=True, quiet=True)
+
+
+def test_golden_loss(make_cfg):
+    """20 steps of a tiny model: a change that should not touch numerics reproduces these
+    losses; regenerate deliberately with LENGTHWISE_REGEN_GOLDEN=1."""
+    cfg = make_cfg()
+    train(cfg, quiet=True)
+    losses = [r["loss"] for r in read_metrics(Path(cfg.train.out_dir), "train")]
+    if os.environ.get("LENGTHWISE_REGEN_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps({"torch": torch.__version__, "losses": losses}, indent=1))
+    golden = json.loads(GOLDEN.read_text())["losses"]
+    assert losses == pytest.approx(golden, rel=1e-4)
+
+
+def test_sigkill_mid_run_resumes_to_the_same_parameters(make_cfg, tmp_path):
+    import yaml
+
+    def cfg_file(name: str) -> Path:
+        cfg = make_cfg(
+            f"train.out_dir={tmp_path / name}",
+            "train.checkpoint_every_tokens=1024",
+            "train.total_tokens=30720",
+        )
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+        return path
+
+    cmd = [sys.executable, "-m", "lengthwise", "train", "--quiet"]
+    assert subprocess.run([*cmd, cfg_file("full")], timeout=300).returncode == 0
+    victim = cfg_file("killed")
+    proc = subprocess.Popen([*cmd, victim])
+    ckpts = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(ckpts.glob("step-*"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "export" / "model.safetensors").exists()  # really interrupted
+    assert subprocess.run([*cmd, victim, "--resume"], timeout=300).returncode == 0
+    a = load_file(tmp_path / "full" / "export" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "export" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_abacus_config_takes_digit_ids_from_the_tokenizer(make_cfg):
+    """`model.position: abacus` needs no ids in the YAML: the trainer reads the digits' token ids
+    from the run's tokenizer and saves them in the resolved config."""
+    cfg = make_cfg("model.position=abacus", "train.total_tokens=512")
+    train(cfg, quiet=True)
+    run = Path(cfg.train.out_dir)
+    resolved = load_config(run / "config.yaml")
+    tok = load_tokenizer(run / "tokenizer.json")
+    assert resolved.model.digit_token_ids == [tok.encode(str(d))[0] for d in range(10)]
