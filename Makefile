@@ -16,9 +16,15 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Until `lengthwise demo` (issue 5): tokenize, compare strategies, a short training run, export.
+DEMO_RUN := runs/demo_text_short
 demo: $(STAMP)
 	$(BIN)/lengthwise prepare configs/demo_text.yaml
 	$(BIN)/lengthwise data-stats configs/demo_text.yaml
+	rm -rf $(DEMO_RUN)
+	$(BIN)/lengthwise train configs/demo_text.yaml train.out_dir=$(DEMO_RUN) \
+		train.total_tokens=262144 schedule.warmup_tokens=32768 train.eval_every_tokens=131072
+	$(BIN)/lengthwise export $(DEMO_RUN)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -203,3 +203,38 @@ def test_abacus_config_takes_digit_ids_from_the_tokenizer(make_cfg):
     resolved = load_config(run / "config.yaml")
     tok = load_tokenizer(run / "tokenizer.json")
     assert resolved.model.digit_token_ids == [tok.encode(str(d))[0] for d in range(10)]
+
+
+def _losses(cfg) -> list[float]:
+    train(cfg, quiet=True)
+    return [r["loss"] for r in read_metrics(Path(cfg.train.out_dir), "train")]
+
+
+def test_bf16_autocast_tracks_fp32(make_cfg, tmp_path):
+    """The CUDA default (bf16 autocast, fp32 logits and loss) run through CPU autocast: same
+    losses as fp32 to bf16 precision, every step finite."""
+    fp32 = _losses(make_cfg("train.total_tokens=5120", f"train.out_dir={tmp_path / 'a'}"))
+    bf16 = _losses(
+        make_cfg(
+            "train.total_tokens=5120", "train.precision=bf16", f"train.out_dir={tmp_path / 'b'}"
+        )
+    )
+    assert len(bf16) == len(fp32) == 10
+    assert bf16 != fp32  # autocast really ran
+    assert bf16 == pytest.approx(fp32, rel=2e-2)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(make_cfg, tmp_path):
+    """train.compile=true (Inductor on CPU; ~1 minute cold) optimizes the same thing: losses
+    within float32 reassociation noise of the eager run."""
+    common = (
+        "batching.strategy=concat_chunk",
+        "batching.curriculum.name=none",
+        "train.total_tokens=2560",
+    )
+    eager = _losses(make_cfg(*common, f"train.out_dir={tmp_path / 'eager'}"))
+    compiled = _losses(
+        make_cfg(*common, "train.compile=true", f"train.out_dir={tmp_path / 'compiled'}")
+    )
+    assert compiled == pytest.approx(eager, rel=1e-4)

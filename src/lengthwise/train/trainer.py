@@ -370,10 +370,11 @@ class Trainer:
         }
         if self.cfg.optim.l1 or self.cfg.optim.l2:
             fields["reg"] = out["reg"]
-        peak = self.cfg.train.peak_tflops
+        # model FLOPs/s over all ranks (6N + causal attention per slot; see GPT.flops_per_token)
         flops = self.model_plain.flops_per_token(out["seq_len"]) * tokens_per_s
-        if peak:
-            fields["mfu"] = flops / (peak * 1e12 * self.dist.world_size)
+        fields["tflops"] = flops / 1e12
+        if self.cfg.train.peak_tflops:
+            fields["mfu"] = flops / (self.cfg.train.peak_tflops * 1e12 * self.dist.world_size)
         self.log.write(
             "train",
             self.counters.tokens,
