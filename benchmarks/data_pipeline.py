@@ -8,8 +8,8 @@ production (plans + token gather + Batch assembly). The last column divides each
 the training throughput of a demo-sized model measured in the same run: batch production must be
 at least 20x faster than training so it never bounds a training run.
 
-The training reference is a stand-in until the model of issue 3 lands: a pre-norm causal
-Transformer of the demo size built from torch.nn layers, one AdamW step on a (16, 1024) batch.
+The training reference is the config's model (lengthwise GPT), one AdamW step on a full-length
+batch of the config's tokens per step.
 """
 
 from __future__ import annotations
@@ -21,37 +21,27 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from lengthwise.config import STRATEGIES, load_config
+from lengthwise.config import STRATEGIES, ModelConfig, load_config
 from lengthwise.data.sources import SourceStats, iter_documents
 from lengthwise.data.stats import config_for
 from lengthwise.data.store import TokenStore, prepare, write_store
 from lengthwise.data.strategies import build_strategy
 from lengthwise.data.tokenizer import load_tokenizer
+from lengthwise.model.gpt import GPT
 
 
-def reference_train_tokens_per_s(vocab: int, seq_len: int, rows: int, steps: int = 3) -> float:
+def reference_train_tokens_per_s(
+    model_cfg: ModelConfig, vocab: int, seq_len: int, rows: int, steps: int = 3
+) -> float:
+    """Tokens/s of one training step (forward, backward, AdamW) of the config's model."""
     torch.manual_seed(0)
-    d, layers, heads = 256, 4, 4
-    layer = nn.TransformerEncoderLayer(
-        d, heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True, activation="gelu"
-    )
-    model = nn.ModuleDict(
-        {
-            "emb": nn.Embedding(vocab, d),
-            "blocks": nn.TransformerEncoder(layer, layers, enable_nested_tensor=False),
-            "head": nn.Linear(d, vocab, bias=False),
-        }
-    )
+    model = GPT(model_cfg.model_copy(update={"vocab_size": vocab}))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(0, vocab, (rows, seq_len))
-    mask = nn.Transformer.generate_square_subsequent_mask(seq_len)
 
     def step() -> None:
-        h = model["blocks"](model["emb"](x), mask=mask, is_causal=True)
-        loss = nn.functional.cross_entropy(model["head"](h).flatten(0, 1), x.flatten())
-        loss.backward()
+        model(x, targets=x).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -103,7 +93,10 @@ def main() -> int:
         )
 
     train = reference_train_tokens_per_s(
-        tok.vocab_size, cfg.batching.max_len, cfg.batching.tokens_per_step // cfg.batching.max_len
+        cfg.model,
+        tok.vocab_size,
+        cfg.batching.max_len,
+        cfg.batching.tokens_per_step // cfg.batching.max_len,
     )
     print(
         f"store: {store.n_docs:,} docs, {store.n_tokens:,} tokens; "
@@ -115,7 +108,9 @@ def main() -> int:
     print("-" * len(head))
     for stage, index, tps in rows:
         print(f"{stage:<44}{index:>9}{tps:>14,.0f}{tps / train:>11.1f}x")
-    print(f"{'training reference (4x256, fwd+bwd+AdamW)':<44}{'-':>9}{train:>14,.0f}{1:>11.1f}x")
+    m = cfg.model
+    ref = f"training reference ({m.n_layer}x{m.d_model} GPT, fwd+bwd+AdamW)"
+    print(f"{ref:<44}{'-':>9}{train:>14,.0f}{1:>11.1f}x")
     slow = [stage for stage, _, tps in rows[1:] if tps < 20 * train]
     if slow:
         print(f"FAIL: batch production < 20x training throughput for: {', '.join(slow)}")

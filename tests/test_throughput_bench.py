@@ -1,0 +1,74 @@
+"""benchmarks/throughput.py worker mode on a tiny store and model: the JSON it prints is what the
+parent and `--json` consumers rely on. Speed is not asserted (it depends on the machine)."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "throughput.py"
+STRATEGIES = ("concat_chunk", "decomposition")
+POSITIVE = ("tokens_per_s", "slots_per_s", "flops_per_s", "step_s", "peak_rss_mb", "loss")
+
+
+@pytest.fixture(scope="module")
+def measurements(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("throughput")
+    docs = [("lorem ipsum dolor sit amet " * (1 + i % 9))[: 20 + 13 * i] for i in range(60)]
+    (tmp / "docs.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs))
+    (tmp / "cfg.yaml").write_text(
+        f"data:\n  out_dir: {tmp / 'data'}\n  tokenizer: {{kind: char}}\n"
+        f"  splits:\n    train: {{kind: jsonl, path: {tmp / 'docs.jsonl'}}}\n"
+        "batching: {min_bucket: 8, curriculum: {name: grow_p2, cycles: 2}}\n"
+    )
+    common = ["--config", str(tmp / "cfg.yaml"), "--max-len", "64", "--tokens-per-step", "256"]
+    common += ["--d-model", "32", "--n-layer", "1", "--n-head", "2", "--repeats", "2"]
+    # The first worker also builds the store; the second then finds it up to date.
+    out = {}
+    for name in STRATEGIES:
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), "--worker", name, *common],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp,
+        )
+        assert proc.returncode == 0, proc.stderr
+        out[name] = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return out
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_worker_json(measurements, name):
+    ms = measurements[name]
+    assert [m["repeat"] for m in ms] == [0, 1]
+    for m in ms:
+        assert (m["strategy"], m["max_len"], m["device"]) == (name, 64, "cpu")
+        for key in POSITIVE:
+            assert math.isfinite(m[key]) and m[key] > 0, key
+        assert 0 < m["attn_flop_share"] < 1 and 0 <= m["pad_fraction"] < 1
+        assert 0.5 < m["fwd_frac"] + m["bwd_frac"] + m["opt_frac"] <= 1  # of the step's wall time
+        assert m["slots_per_s"] >= m["tokens_per_s"] * (1 - 1e-9)  # real tokens <= slots
+        assert sum(g["epoch_steps"] for g in m["groups"]) == m["epoch_steps"]
+        assert all(g["step_s"] > 0 for g in m["groups"])
+
+
+def test_summary_rows(measurements):
+    """The parent's reduction: one row per strategy with the keys `--json` promises."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import throughput
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    rows = throughput.summarize(measurements, peak=1e12)
+    by = {r["strategy"]: r for r in rows}
+    assert by["concat_chunk"]["ratio_vs_concat_chunk"] == 1.0
+    for r in rows:
+        for key in ("tokens_per_s", "ratio_vs_concat_chunk", "peak_rss_mb", "mfu"):
+            assert math.isfinite(r[key]) and r[key] > 0, key
+        assert r["max_len"] == 64
+    assert throughput.explain(rows, {})[0].startswith("max_len 64: decomposition = ")
