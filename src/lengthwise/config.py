@@ -26,7 +26,8 @@ def is_power_of_two(n: int) -> bool:
 
 
 class SourceConfig(Strict):
-    """Where documents come from. One file = one document for `text_dir`."""
+    """Where documents come from. One file = one document for `text_dir`; one item = one
+    document for `task` (prompt without loss + completion with loss; see lengthwise.tasks)."""
 
     kind: Literal["text_dir", "jsonl", "parquet", "hf_disk", "task"]
     path: Path | None = None
@@ -34,10 +35,22 @@ class SourceConfig(Strict):
     text_field: str = "text"  # jsonl field, parquet column, HF dataset column
     split: str | None = None  # hf_disk: the split of a DatasetDict (None: a plain Dataset)
     max_docs: int | None = Field(default=None, gt=0)  # keep only the first N documents
+    # kind: task
+    task: str | list[str] | None = None  # a lengthwise.tasks name, or several (interleaved)
+    lengths: list[int] = Field(default_factory=lambda: [1, 10])  # [lo, hi] inclusive
+    n: int = Field(default=10_000, gt=0)  # items (in all, shared evenly between tasks)
+    format: str = "direct"  # direct | reversed | scratchpad | index_hints
+    seed: int = 0
+    params: dict[str, Any] = Field(default_factory=dict)  # task parameters, e.g. {k: 2}
 
     @model_validator(mode="after")
     def _needs_path(self) -> SourceConfig:
-        if self.kind != "task" and self.path is None:
+        if self.kind == "task":
+            if not self.task:
+                raise ValueError("a 'task' source needs 'task' (e.g. addition)")
+            if len(self.lengths) != 2 or not 1 <= self.lengths[0] <= self.lengths[1]:
+                raise ValueError(f"lengths must be [lo, hi] with 1 <= lo <= hi, got {self.lengths}")
+        elif self.path is None:
             raise ValueError(f"a '{self.kind}' source needs a 'path'")
         return self
 
@@ -217,15 +230,74 @@ class TrainConfig(Strict):
     compile: bool = False
     max_nonfinite_steps: int = Field(default=5, ge=1)
     log_every_steps: int = Field(default=10, ge=1)
-    eval_every_tokens: int = Field(default=0, ge=0)  # 0 = only at the end
-    eval_splits: list[str] = Field(default_factory=list)
-    eval_tokens: int = Field(default=65536, gt=0)  # per split and eval
     checkpoint_every_tokens: int = Field(default=0, ge=0)  # 0 = only at the end
     keep_last: int = Field(default=2, ge=1)
-    best_metric: str | None = None  # e.g. "val/loss"; keeps a `best` checkpoint
+    # keeps checkpoints/best by this eval metric (e.g. val/loss, add_2x/acc; direction from the
+    # name); None: the early-stopping metric when early stopping is on
+    best_metric: str | None = None
     progress: bool = True
     tensorboard: bool = True
     peak_tflops: float | None = Field(default=None, gt=0)  # per device, for the MFU estimate
+
+
+class EvalSetConfig(Strict):
+    """One evaluation set, tagged in-distribution or out-of-distribution. `text`: loss and
+    perplexity on a prepared split. `task`: exact-match accuracy (greedy decoding) and parse rate
+    on generated items of a lengthwise.tasks task; `fresh` drops items that occur in the
+    training split (when that split is a task source)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # metric prefix: NAME/loss, NAME/acc
+    tag: Literal["id", "ood"] = "id"
+    kind: Literal["text", "task"] = "text"
+    split: str | None = None  # text
+    tokens: int = Field(default=65536, gt=0)  # text: tokens scored per eval
+    task: str | None = None  # task
+    lengths: list[int] = Field(default_factory=lambda: [1, 10])
+    n: int = Field(default=200, gt=0)
+    format: str = "direct"
+    seed: int = 1
+    params: dict[str, Any] = Field(default_factory=dict)
+    fresh: bool = True
+    max_new_tokens: int | None = Field(default=None, gt=0)  # None: from the longest answer
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalSetConfig:
+        if self.kind == "text" and not self.split:
+            raise ValueError(f"eval set '{self.name}': a text set needs 'split'")
+        if self.kind == "task" and not self.task:
+            raise ValueError(f"eval set '{self.name}': a task set needs 'task'")
+        if self.kind == "task" and (len(self.lengths) != 2 or self.lengths[0] > self.lengths[1]):
+            raise ValueError(f"eval set '{self.name}': lengths must be [lo, hi]")
+        return self
+
+
+class EvalConfig(Strict):
+    every_tokens: int = Field(default=0, ge=0)  # 0 = only at the end
+    sets: list[EvalSetConfig] = Field(default_factory=list)
+    batch_size: int = Field(default=64, gt=0)  # rows per generation batch
+
+
+class EarlyStoppingConfig(Strict):
+    """Lightning EarlyStopping semantics, on an eval metric (default: the mean of the OOD sets'
+    main metric, `ood_mean/acc` if there are OOD task sets, else `ood_mean/loss`)."""
+
+    enabled: bool = False
+    metric: str | None = None
+    mode: Literal["min", "max"] | None = None  # None: from the metric's name
+    patience: int = Field(default=3, ge=1)  # evals without improvement
+    min_delta: float = Field(default=0.0, ge=0)
+    stop_on_drop: bool = False  # stop at the first OOD alert
+    check_finite: bool = True
+
+
+class MonitorConfig(Strict):
+    """OOD alerts: an OOD metric worse than its best by more than `alert_drop` (relative) logs an
+    `alert` event, prints a line and runs `on_alert` (the event as JSON on stdin)."""
+
+    alert_drop: float = Field(default=0.05, gt=0)
+    on_alert: str | None = None
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    restore_best: bool = False  # at the end, export the best checkpoint's weights
 
 
 class DistributedConfig(Strict):
@@ -240,7 +312,22 @@ class Config(Strict):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    monitor: MonitorConfig = MonitorConfig()
     distributed: DistributedConfig = DistributedConfig()
+
+    @model_validator(mode="after")
+    def _check_eval(self) -> Config:
+        names = [s.name for s in self.eval.sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval.sets: names must be unique, got {names}")
+        for s in self.eval.sets:
+            if s.kind == "text" and s.split not in self.data.splits:
+                raise ValueError(
+                    f"eval set '{s.name}': split '{s.split}' is not in data.splits "
+                    f"({', '.join(self.data.splits)})"
+                )
+        return self
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

@@ -296,11 +296,15 @@ def test_corpus_without_non_empty_documents(tmp_path):
     assert _error(_cfg("jsonl", f)) == f"{f}: no non-empty documents (0 empty skipped)"
 
 
-def test_task_sources_are_not_available_yet():
-    cfg = SourceConfig(kind="task")
-    for call in (iter_documents, source_files, source_fingerprint, describe_source):
-        with pytest.raises(UserError, match="not available in this version"):
-            call(cfg)
+def test_task_source_config_is_checked():
+    with pytest.raises(ValueError, match="needs 'task'"):
+        SourceConfig(kind="task")
+    with pytest.raises(ValueError, match="lengths must be"):
+        SourceConfig(kind="task", task="addition", lengths=[5, 2])
+    cfg = SourceConfig(kind="task", task="addition")
+    assert source_files(cfg) == []
+    assert source_fingerprint(cfg) == source_fingerprint(SourceConfig(kind="task", task="addition"))
+    assert source_fingerprint(cfg) != source_fingerprint(cfg.model_copy(update={"seed": 1}))
 
 
 # --- fingerprint and description ---------------------------------------------------------------

@@ -407,3 +407,29 @@ def test_strategies_pickle_with_their_caches(name):
     s.epoch_summary(1)
     clone = pickle.loads(pickle.dumps(s))
     assert torch.equal(clone.batch(1, 0).input_ids, s.batch(1, 0).input_ids)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_prompt_tokens_are_never_targets(name):
+    """Task stores: the first prompt_lens[d] tokens of document d are its prompt. With them
+    declared, exactly the targets that are prompt tokens become -100, and nothing else moves."""
+    lengths = np.diff(OFFSETS)  # a prompt never covers the whole document (EOS is not prompt)
+    prompt_lens = np.minimum(np.random.default_rng(1).integers(0, 12, len(lengths)), lengths - 1)
+    prompt_end = OFFSETS[:-1] + prompt_lens
+    cfg = cfg_for(name, **({"curriculum": {"name": "grow_p2"}} if name == "decomposition" else {}))
+    plain = build_strategy(cfg, TOKENS, OFFSETS, PAD)
+    masked = build_strategy(cfg, TOKENS, OFFSETS, PAD, prompt_lens=prompt_lens)
+    checked = 0
+    for step in range(plain.steps_in_epoch(0)):
+        a, b = plain.batch(0, step), masked.batch(0, step)
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.position_ids, b.position_ids)
+        t = a.targets.numpy()
+        pos = t - 3  # store position of each target token (ids encode it; EOS/-100 excluded)
+        real = (t != IGNORE_INDEX) & (t != EOS)
+        doc = np.searchsorted(OFFSETS, np.where(real, pos, 0), side="right") - 1
+        is_prompt = real & (pos < prompt_end[doc])
+        expected = np.where(is_prompt, IGNORE_INDEX, t)
+        assert np.array_equal(b.targets.numpy(), expected)
+        assert b.n_target_tokens == a.n_target_tokens - int(is_prompt.sum())
+        checked += int(is_prompt.sum())
+    assert checked > 0

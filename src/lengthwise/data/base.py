@@ -33,9 +33,11 @@ class Strategy(ABC):
         pad_id: int,
         rank: int = 0,
         world_size: int = 1,
+        prompt_lens: np.ndarray | None = None,
     ) -> None:
         """`tokens`: the flat token array (a memmap in practice); document i is
-        tokens[offsets[i]:offsets[i+1]] and already ends with EOS."""
+        tokens[offsets[i]:offsets[i+1]] and already ends with EOS. `prompt_lens[i]`: leading
+        tokens of document i that are a task's prompt (no loss), or None for plain text."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.tokens = tokens
@@ -45,6 +47,9 @@ class Strategy(ABC):
         self.pad_id = pad_id
         self.rank = rank
         self.world_size = world_size
+        self.prompt_end = None
+        if prompt_lens is not None:
+            self.prompt_end = self.offsets[:-1] + np.asarray(prompt_lens, dtype=np.int64)
         if len(self.lengths) == 0:
             raise UserError("the token store holds no documents")
 
@@ -77,4 +82,4 @@ class Strategy(ABC):
         return {}
 
     def batch(self, epoch: int, step: int) -> Batch:
-        return assemble(self.tokens, self.plan(epoch, step), self.pad_id)
+        return assemble(self.tokens, self.plan(epoch, step), self.pad_id, self.prompt_end)

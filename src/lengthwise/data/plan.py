@@ -48,13 +48,19 @@ def _segment_ordinals(row: np.ndarray) -> np.ndarray:
     return np.arange(row.size) - np.repeat(first, run)
 
 
-def assemble(tokens: np.ndarray, plan: StepPlan, pad_id: int) -> Batch:
-    """Gather a plan's tokens into a `Batch` (see `lengthwise.batch` for the conventions)."""
+def assemble(
+    tokens: np.ndarray, plan: StepPlan, pad_id: int, prompt_end: np.ndarray | None = None
+) -> Batch:
+    """Gather a plan's tokens into a `Batch` (see `lengthwise.batch` for the conventions).
+
+    `prompt_end[d]`: store offset where document d's completion starts (task data); tokens
+    before it are prompt and are never targets."""
     B, T = plan.n_rows, plan.seq_len
     width = T + 1
     buf = np.full((B, width), pad_id, dtype=np.int64)
     seg = np.full((B, width), -1, dtype=np.int64)
     pos = np.zeros((B, width), dtype=np.int64)
+    prompt = np.zeros((B, width), dtype=bool)
     length = plan.length.astype(np.int64)
     if length.size:
         seg_of_token = np.repeat(np.arange(length.size), length)
@@ -65,8 +71,11 @@ def assemble(tokens: np.ndarray, plan: StepPlan, pad_id: int) -> Batch:
         buf.flat[flat] = np.asarray(tokens[plan.src[seg_of_token] + within], dtype=np.int64)
         seg.flat[flat] = _segment_ordinals(plan.row)[seg_of_token]
         pos.flat[flat] = within if plan.restart_positions else col
+        if prompt_end is not None:
+            at = plan.src[seg_of_token] + within
+            prompt.flat[flat] = at < prompt_end[plan.doc[seg_of_token]]
     real_in, real_out = seg[:, :-1] >= 0, seg[:, 1:] >= 0
-    valid = real_in & real_out
+    valid = real_in & real_out & ~prompt[:, 1:]
     if not plan.cross_doc_targets:
         valid &= seg[:, 1:] == seg[:, :-1]
     targets = np.where(valid, buf[:, 1:], IGNORE_INDEX)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lengthwise import __version__
 from lengthwise.config import SourceConfig
 from lengthwise.errors import UserError
 
@@ -37,7 +38,8 @@ Raw = Generator[tuple[str, str], None, None]  # (text, origin), empty texts incl
 @dataclass(frozen=True)
 class Document:
     text: str
-    origin: str  # "path", "path:line" or "path#row", for messages
+    origin: str  # "path", "path:line", "path#row" or "task:name#i", for messages
+    prompt_chars: int = 0  # task items: text[:prompt_chars] is the prompt (no loss)
 
 
 @dataclass
@@ -54,6 +56,8 @@ def iter_documents(cfg: SourceConfig, stats: SourceStats | None = None) -> Itera
     Not a generator itself, so a bad path or glob fails at the call rather than at first use.
     """
     stats = SourceStats() if stats is None else stats
+    if cfg.kind == "task":
+        return _task_documents(cfg, stats)
     root = _root(cfg)
     raw: Raw
     if cfg.kind == "hf_disk":
@@ -69,6 +73,8 @@ def iter_documents(cfg: SourceConfig, stats: SourceStats | None = None) -> Itera
 
 def source_files(cfg: SourceConfig) -> list[Path]:
     """The files a source reads, sorted by relative path (hf_disk: its arrow/json files)."""
+    if cfg.kind == "task":
+        return []
     root = _root(cfg)
     if cfg.kind == "text_dir":
         _need_dir(root, cfg.kind)
@@ -88,7 +94,11 @@ def source_files(cfg: SourceConfig) -> list[Path]:
 
 def source_fingerprint(cfg: SourceConfig) -> str:
     """sha256 over the config and each file's relative path, size and mtime: when it is
-    unchanged, the inputs are (for all practical purposes) unchanged and `prepare` can skip."""
+    unchanged, the inputs are (for all practical purposes) unchanged and `prepare` can skip.
+    Task sources: the config and the lengthwise version (the generators are code)."""
+    if cfg.kind == "task":
+        fields = {**cfg.model_dump(mode="json"), "lengthwise": __version__}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
     root = _root(cfg)
     fields = cfg.model_dump(mode="json")
     fields["path"] = str(root.resolve())  # a relative path means different data from another cwd
@@ -104,6 +114,8 @@ def source_fingerprint(cfg: SourceConfig) -> str:
 
 def describe_source(cfg: SourceConfig) -> dict[str, Any]:
     """A JSON-able summary for meta.json: enough to tell later which data a store came from."""
+    if cfg.kind == "task":
+        return cfg.model_dump(mode="json", include=TASK_FIELDS | {"kind"})
     desc: dict[str, Any] = {"kind": cfg.kind, "path": str(cfg.path)}
     if cfg.kind == "text_dir":
         desc["glob"] = cfg.glob
@@ -117,16 +129,65 @@ def describe_source(cfg: SourceConfig) -> dict[str, Any]:
     return desc
 
 
+# --- task sources ------------------------------------------------------------------------------
+
+TASK_FIELDS = {"task", "lengths", "n", "format", "seed", "params"}
+
+
+def task_names(cfg: SourceConfig) -> list[str]:
+    return [cfg.task] if isinstance(cfg.task, str) else list(cfg.task or [])
+
+
+def task_source_items(cfg: SourceConfig) -> Iterator[Any]:
+    """The items of a task source, in document order: `n` items shared evenly between its
+    tasks (task k seeded with seed + k), interleaved round-robin. Bad task names, parameters
+    or formats are one-line errors at the call."""
+    from lengthwise.tasks import generate_items, get_task
+
+    names = task_names(cfg)
+    streams = []
+    for k, name in enumerate(names):
+        try:
+            task = get_task(name, **cfg.params)
+            if cfg.format not in task.formats:
+                raise ValueError(
+                    f"format '{cfg.format}' not available (choose from {', '.join(task.formats)})"
+                )
+        except (ValueError, TypeError) as e:
+            raise UserError(f"task source '{name}': {e}") from None
+        share = cfg.n // len(names) + (k < cfg.n % len(names))
+        streams.append(generate_items(task, tuple(cfg.lengths), share, cfg.format, cfg.seed + k))
+
+    def interleaved() -> Iterator[Any]:
+        live = list(streams)
+        while live:
+            for stream in list(live):
+                item = next(stream, None)
+                if item is None:
+                    live.remove(stream)
+                else:
+                    yield item
+
+    return interleaved()
+
+
+def _task_documents(cfg: SourceConfig, stats: SourceStats) -> Iterator[Document]:
+    """One document per task item: prompt (no loss) + completion."""
+    items = task_source_items(cfg)
+
+    def documents() -> Iterator[Document]:
+        for i, item in enumerate(items):
+            stats.docs += 1
+            yield Document(item.prompt + item.completion, f"task:{item.task}#{i}", len(item.prompt))
+
+    return documents()
+
+
 # --- paths -------------------------------------------------------------------------------------
 
 
 def _root(cfg: SourceConfig) -> Path:
-    """The checked `path` of a source; every public function starts here."""
-    if cfg.kind == "task":  # a later version plugs lengthwise.tasks in here
-        raise UserError(
-            "source kind 'task': task sources come from lengthwise.tasks, "
-            "which is not available in this version"
-        )
+    """The checked `path` of a file-based source."""
     assert cfg.path is not None  # SourceConfig guarantees it for file-based kinds
     if not cfg.path.exists():
         raise UserError(f"{cfg.path}: does not exist")

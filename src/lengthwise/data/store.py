@@ -4,7 +4,9 @@ builds one store per split from the configured sources.
 Layout of a store directory (nanoGPT's uint16 .bin, plus document boundaries):
   tokens.bin       every document's ids followed by EOS, back to back (uint16 or uint32)
   doc_offsets.npy  int64, n_docs + 1 entries: document i is tokens[off[i]:off[i+1]]
-  meta.json        tokenizer hash, counts, source description and fingerprint, sha256 of both files
+  prompt_lens.npy  int32 per document, task stores only: leading tokens that are the task's
+                   prompt (no loss; see lengthwise.data.plan.assemble)
+  meta.json        tokenizer hash, counts, source description and fingerprint, sha256 of the files
 
 A store is built in a temporary directory beside its destination and renamed into place, so an
 interrupted `prepare` leaves nothing half-written. Documents are encoded shard by shard
@@ -69,6 +71,11 @@ class TokenStore:
         self.offsets = np.load(self.path / "doc_offsets.npy", allow_pickle=False)
         if self.offsets.shape != (self.meta["n_docs"] + 1,) or self.offsets[-1] != n_tokens:
             raise UserError(f"{self.path / 'doc_offsets.npy'}: does not match meta.json")
+        self.prompt_lens: np.ndarray | None = None
+        if self.meta.get("has_prompts"):
+            self.prompt_lens = np.load(self.path / "prompt_lens.npy", allow_pickle=False)
+            if self.prompt_lens.shape != (self.n_docs,):
+                raise UserError(f"{self.path / 'prompt_lens.npy'}: does not match meta.json")
 
     @property
     def n_docs(self) -> int:
@@ -87,7 +94,7 @@ class TokenStore:
 
     def verify(self) -> None:
         """Recompute the checksums recorded in meta.json (reads the whole store)."""
-        for name in ("tokens.bin", "doc_offsets.npy"):
+        for name in self.meta["sha256"]:
             if _sha256_file(self.path / name) != self.meta["sha256"][name]:
                 raise UserError(f"{self.path / name}: checksum mismatch (corrupted store)")
 
@@ -107,7 +114,7 @@ def _batched(it: Iterator, n: int) -> Iterator[list]:
 
 def write_store(
     dest: Path,
-    docs: Iterator[str],
+    docs: Iterator[str | tuple[str, str]],
     tok: Tokenizer,
     source: dict,
     stats: SourceStats | None = None,
@@ -117,12 +124,14 @@ def write_store(
 ) -> dict:
     """Encode documents shard by shard into a new store at `dest` (atomic). Returns meta.
 
-    `stats` is filled by the document iterator while it is consumed; its final counts go
-    into meta.json."""
+    A document is a text, or a task item (prompt, completion): the two are encoded separately
+    (so the boundary is a token boundary) and the prompt's length is recorded. `stats` is
+    filled by the document iterator while it is consumed; its final counts go into meta.json."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
     dtype = np.dtype(token_dtype(tok.vocab_size))
     offsets = [0]
+    prompt_lens: list[int] = []
     digest = hashlib.sha256()
     start = time.perf_counter()
     # disable=None: no bar when stderr is not a terminal (logs, CI), so errors stay one line.
@@ -132,8 +141,15 @@ def write_store(
     try:
         with open(tmp / "tokens.bin", "wb") as out:
             for shard in _batched(docs, shard_docs):
-                encoded = tok.encode_batch(shard)
                 prefix = [tok.bos_id] if bos else []
+                if isinstance(shard[0], tuple):
+                    prompts = tok.encode_batch([p for p, _ in shard])
+                    rest = tok.encode_batch([c for _, c in shard])
+                    encoded = [p + c for p, c in zip(prompts, rest, strict=True)]
+                    prompt_lens.extend(len(prefix) + len(p) for p in prompts)
+                else:
+                    encoded = tok.encode_batch(shard)
+                    prompt_lens.extend([0] * len(shard))
                 flat = np.fromiter(
                     (t for ids in encoded for t in (*prefix, *ids, tok.eos_id)),
                     dtype=dtype,
@@ -149,12 +165,21 @@ def write_store(
         bar.close()
         offsets_arr = np.asarray(offsets, dtype=np.int64)
         np.save(tmp / "doc_offsets.npy", offsets_arr, allow_pickle=False)
+        sha = {
+            "tokens.bin": digest.hexdigest(),
+            "doc_offsets.npy": _sha256_file(tmp / "doc_offsets.npy"),
+        }
+        has_prompts = any(prompt_lens)
+        if has_prompts:
+            np.save(tmp / "prompt_lens.npy", np.asarray(prompt_lens, np.int32), allow_pickle=False)
+            sha["prompt_lens.npy"] = _sha256_file(tmp / "prompt_lens.npy")
         lengths = np.diff(offsets_arr)
         meta = {
             "format_version": FORMAT_VERSION,
             "dtype": dtype.name,
             "n_docs": len(lengths),
             "n_tokens": int(offsets_arr[-1]),
+            "has_prompts": has_prompts,
             "doc_len": {
                 "min": int(lengths.min()) if len(lengths) else 0,
                 "median": float(np.median(lengths)) if len(lengths) else 0.0,
@@ -163,10 +188,7 @@ def write_store(
             "tokenizer": describe(tok),
             "source": {**source, "bos": bos, "counts": asdict(stats) if stats else None},
             "seconds": round(time.perf_counter() - start, 3),
-            "sha256": {
-                "tokens.bin": digest.hexdigest(),
-                "doc_offsets.npy": _sha256_file(tmp / "doc_offsets.npy"),
-            },
+            "sha256": sha,
         }
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
         if dest.exists():
@@ -183,8 +205,14 @@ def write_store(
         raise
 
 
-def _texts(src: SourceConfig, stats: SourceStats) -> Iterator[str]:
-    return (d.text for d in iter_documents(src, stats))
+def _texts(src: SourceConfig, stats: SourceStats) -> Iterator[str | tuple[str, str]]:
+    """Documents as write_store takes them: texts, or (prompt, completion) for task items."""
+    for d in iter_documents(src, stats):
+        yield (d.text[: d.prompt_chars], d.text[d.prompt_chars :]) if d.prompt_chars else d.text
+
+
+def _joined(docs: Iterator[str | tuple[str, str]]) -> Iterator[str]:
+    return (d if isinstance(d, str) else d[0] + d[1] for d in docs)
 
 
 def _bpe_recipe(cfg: DataConfig) -> tuple[SourceConfig, dict]:
@@ -215,7 +243,8 @@ def resolve_tokenizer(cfg: DataConfig, progress: bool = True) -> tuple[Tokenizer
         return load_tokenizer(path), False
     if progress:
         print(f"training a byte-level BPE (vocab {tcfg.vocab_size}) on split '{tcfg.train_split}'")
-    return train_bpe(_texts(train_src, SourceStats()), vocab_size=tcfg.vocab_size), True
+    texts = _joined(_texts(train_src, SourceStats()))
+    return train_bpe(texts, vocab_size=tcfg.vocab_size), True
 
 
 def _existing_store_problem(dest: Path, tok: Tokenizer, fingerprint: str, bos: bool) -> str | None:

@@ -439,6 +439,9 @@ def build_strategy(
     pad_id: int,
     rank: int = 0,
     world_size: int = 1,
+    prompt_lens: np.ndarray | None = None,
 ) -> Strategy:
     """The strategy `cfg.strategy` names, over one token store, for one rank."""
-    return STRATEGIES[cfg.strategy](tokens, offsets, cfg, pad_id, rank=rank, world_size=world_size)
+    return STRATEGIES[cfg.strategy](
+        tokens, offsets, cfg, pad_id, rank=rank, world_size=world_size, prompt_lens=prompt_lens
+    )
