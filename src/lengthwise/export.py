@@ -23,7 +23,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_model, save_model
 from torch import Tensor
 
@@ -31,10 +30,10 @@ from lengthwise import __version__
 from lengthwise.config import ModelConfig, load_config
 from lengthwise.data.tokenizer import BOS, EOS, PAD, Tokenizer, load_tokenizer
 from lengthwise.errors import UserError
+from lengthwise.eval.exported import FORMAT, load_exported  # noqa: F401 (re-exported)
 from lengthwise.model.gpt import GPT, ff_width
 from lengthwise.train import checkpoint
 
-FORMAT = "lengthwise"
 NOPE_ROPE_FACTOR = 1e12
 
 
@@ -71,28 +70,6 @@ def write_export(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return skipped
-
-
-def load_exported(path: Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
-    """The model (in eval mode) and tokenizer of an export folder."""
-    path = Path(path)
-    meta_path = path / "config.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: not an exported model (no config.json)") from None
-    except json.JSONDecodeError:
-        raise UserError(f"{meta_path}: not valid JSON") from None
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{meta_path}: not a lengthwise export (format {meta.get('format')!r})")
-    model = GPT(ModelConfig.model_validate(meta["model"]))
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"{path / 'model.safetensors'}: does not match config.json "
-            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
-        )
-    return model.to(device).eval(), load_tokenizer(path / "tokenizer.json")
 
 
 def checkpoint_path(run_dir: Path, which: str) -> Path:

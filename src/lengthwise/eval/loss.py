@@ -44,8 +44,10 @@ def evaluate_loss(
     world_size: int = 1,
     reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
     autocast: Callable[[], object] | None = None,
+    prompt_lens: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Mean next-token loss (nats) and perplexity over the rows of `eval_rows`."""
+    """Mean next-token loss (nats) and perplexity over the rows of `eval_rows`. With
+    `prompt_lens` (task stores), prompt tokens are not scored, as in training."""
     was_training = model.training
     model.eval()
     starts, lens = eval_rows(offsets, seq_len, max_tokens)
@@ -66,6 +68,10 @@ def evaluate_loss(
             piece = np.asarray(tokens[starts[row] : starts[row] + lens[row]], dtype=np.int64)
             ids[r, : len(piece)] = piece
             tgt[r, : len(piece) - 1] = piece[1:]
+            if prompt_lens is not None:  # target at column c is the token at starts + c + 1
+                doc = int(np.searchsorted(offsets, starts[row], side="right")) - 1
+                n_prompt = int(offsets[doc] + prompt_lens[doc] - starts[row]) - 1
+                tgt[r, : max(n_prompt, 0)] = IGNORE_INDEX
         x = torch.from_numpy(ids).to(device)
         y = torch.from_numpy(tgt).to(device)
         with autocast() if autocast else torch.autocast(device.type, enabled=False):

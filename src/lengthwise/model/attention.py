@@ -12,6 +12,11 @@ with `dense_reference` (tests/model/test_attention.py checks every one of them):
 - `dense`: one SDPA call with a (B, 1, T, T) boolean (or float, with a bias) mask. CPU, and the
   CUDA fallback for attention dropout (FlexAttention has none).
 
+Incremental decoding with a KV cache (gpt.KVCache) takes a separate, simpler path: `kv_mask`
+builds one (B, 1, T_new, T_cached + T_new) boolean mask per forward (causality against the
+cache, key padding of left-padded prompts, the window), the bias is folded into it once, and
+every layer makes one SDPA call with it (`masked_attention`). Training never goes there.
+
 On CPU `choose_cpu_backend` picks between the last two with a cost model (below). Measured fwd+bwd
 on the 2-core dev machine, idle, H=4, D=64, fp32 (tests/model/bench_attention_cpu.py):
 
@@ -368,6 +373,39 @@ def _flex(q: Tensor, k: Tensor, v: Tensor, mask: AttnMask, bias: Tensor | None) 
 
     fn = _compiled_flex() if q.is_cuda else flex_attention
     return fn(q, k, v, score_mod=score_mod, block_mask=block_mask)
+
+
+def kv_mask(q_pos: Tensor, k_pos: Tensor, key_valid: Tensor | None, window: int = 0) -> Tensor:
+    """(B, 1, Tq, Tk) bool, True = may attend, for Tq new queries that are the last Tq of Tk keys
+    (a KV cache holds the first Tk - Tq): query i sees key j iff j <= Tk - Tq + i, the key is not
+    padding (`key_valid` (B, Tk), None = all real), and q_pos[i] - k_pos[j] < window when
+    window > 0. A padding query always sees itself: a row with no key is 0 in CPU SDPA of torch
+    2.13 but NaN in other kernels, and 0 x NaN in the next layer would reach the real tokens."""
+    B, Tq = q_pos.shape
+    Tk = k_pos.shape[1]
+    qi = torch.arange(Tk - Tq, Tk, device=q_pos.device)[:, None]  # key index of each query
+    kj = torch.arange(Tk, device=q_pos.device)[None, :]
+    allowed = (kj <= qi)[None, None]  # (1, 1, Tq, Tk)
+    if key_valid is not None:
+        allowed = allowed & (key_valid[:, None, None, :] | (kj == qi)[None, None])
+    if window > 0:
+        allowed = allowed & (q_pos[:, None, :, None] - k_pos[:, None, None, :] < window)
+    return allowed.expand(B, 1, Tq, Tk)
+
+
+def fold_bias(allowed: Tensor, bias: Tensor | None) -> Tensor:
+    """The one SDPA mask of `allowed` (bool) and an additive bias: -inf where not allowed."""
+    if bias is None:
+        return allowed
+    return bias.masked_fill(~allowed, float("-inf"))
+
+
+def masked_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor) -> Tensor:
+    """softmax(q k^T / sqrt(D) + mask) v for q (B, H, Tq, D) against k, v (B, H, Tk, D), the mask
+    from `fold_bias(kv_mask(...), bias)` (bool, or float with the bias). Inference only."""
+    if attn_mask.dtype != torch.bool:
+        attn_mask = attn_mask.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
 def dense_reference(

@@ -8,10 +8,15 @@ What each kind produces, once per forward and shared by all layers:
 - `rope`: cos/sin for rotating q and k (Su et al. 2021), rotate-half layout as in Llama.
 - `alibi`, `fire`, `relative_bias`: an additive (B, H, T, T) attention bias of position
   differences, so adding a constant to every position id changes nothing (FIRE: while the ids
-  stay below its learned threshold L, 512 at initialization).
+  stay below its learned threshold L, 512 at initialization). With a KV cache the bias is
+  (B, H, T_new, T_cached + T_new): new queries against the positions of every key.
 - `abacus`: an embedding of each digit's index within its number (McLeish et al. 2024); it reads
   input_ids, not position_ids, and is the only positional signal.
 - `nope`: nothing (Kazemnejad et al. 2023): causal masking alone carries order.
+
+Incremental decoding (gpt.KVCache) passes the cached keys' position ids (`key_position_ids`),
+the validity of the new tokens (False = left padding) and, for abacus, the index of the last
+cached token, so a number that continues across decoding steps keeps counting its digits.
 
 Randomized positions (Ruoss et al. 2023, arXiv 2305.16843) remap position ids in training so that
 a model trained on short rows has seen the large ids that long rows use at test time.
@@ -37,8 +42,9 @@ class PositionInfo:
     position_ids: Tensor  # (B, T) as used (after randomization in training)
     emb: Tensor | None = None  # (B, T, C), added to the token embeddings
     rope: tuple[Tensor, Tensor] | None = None  # cos, sin: (B, 1, T, D) float32
-    bias: Tensor | None = None  # (B, H, T, T) additive attention bias
+    bias: Tensor | None = None  # (B, H, T, T) additive attention bias; (B, H, T, Tk) with a cache
     window: int = 0  # > 0: keys with position_ids[q] - position_ids[k] >= window (as used) masked
+    abacus: Tensor | None = None  # (B, T) abacus indices (abacus only), the next step's state
 
 
 class Positions(nn.Module):
@@ -93,12 +99,23 @@ class Positions(nn.Module):
             )
 
     def forward(
-        self, input_ids: Tensor, position_ids: Tensor, doc_ids: Tensor | None
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        doc_ids: Tensor | None,
+        key_position_ids: Tensor | None = None,
+        valid: Tensor | None = None,
+        abacus_last: Tensor | None = None,
     ) -> PositionInfo:
+        """`key_position_ids` (B, Tk): positions of all keys when they are not the queries (a KV
+        cache: cached + new tokens), for the biases. `valid` (B, T) bool: False marks padding,
+        which abacus treats as a non-digit. `abacus_last` (B,): abacus index of the token before
+        input_ids[:, 0] (from the cache; 0 = not a digit)."""
         pos = position_ids
         if self.training and self.random_max:
             pos = randomize_positions(pos, self.random_max)
         info = PositionInfo(position_ids=pos, window=self.window)
+        kpos = key_position_ids
         if self.kind == "learned":
             _check_below(pos, self.max_position, "position id {} >= max_position ({})")
             info.emb = self.table(pos)
@@ -108,20 +125,28 @@ class Positions(nn.Module):
         elif self.kind == "rope":
             info.rope = rope_cos_sin(pos, self.inv_freq)
         elif self.kind == "alibi":
-            info.bias = alibi_bias(pos, self.slopes)
+            info.bias = alibi_bias(pos, self.slopes, kpos)
         elif self.kind == "fire":
-            info.bias = self.fire(pos)
+            info.bias = self.fire(pos, kpos)
         elif self.kind == "relative_bias":
-            info.bias = self.relative(pos)
+            info.bias = self.relative(pos, kpos)
         elif self.kind == "abacus":
-            info.emb = self.table(self.abacus_ids(input_ids, doc_ids))
+            info.abacus = self.abacus_ids(input_ids, doc_ids, valid, abacus_last)
+            info.emb = self.table(info.abacus)
         return info
 
-    def abacus_ids(self, input_ids: Tensor, doc_ids: Tensor | None) -> Tensor:
+    def abacus_ids(
+        self,
+        input_ids: Tensor,
+        doc_ids: Tensor | None,
+        valid: Tensor | None = None,
+        last: Tensor | None = None,
+    ) -> Tensor:
         """(B, T) abacus table rows: digit index within its number, plus in training one random
         offset in [0, abacus_offset] per row on the digits (the trick that lets a model trained
-        on 20-digit numbers use the table rows of 100-digit ones)."""
-        idx = abacus_indices(input_ids, self.digit_ids, doc_ids)
+        on 20-digit numbers use the table rows of 100-digit ones). `valid`, `last`: see
+        `abacus_indices`."""
+        idx = abacus_indices(input_ids, self.digit_ids, doc_ids, valid=valid, last=last)
         if self.training and self.abacus_offset:
             B = idx.shape[0]
             offset = torch.randint(0, self.abacus_offset + 1, (B, 1), device=idx.device)
@@ -202,11 +227,15 @@ def alibi_slopes(n_head: int) -> Tensor:
     return torch.tensor(power_of_two(low) + extra)
 
 
-def alibi_bias(position_ids: Tensor, slopes: Tensor) -> Tensor:
+def alibi_bias(
+    position_ids: Tensor, slopes: Tensor, key_position_ids: Tensor | None = None
+) -> Tensor:
     """(B, H, T, T) bias -slope * |pos_q - pos_k|. The absolute value equals Press et al.'s
     -slope * (pos_q - pos_k) wherever positions rise along the row (every key is at or before its
-    query); with coupled positions a key can carry a larger id, and the distance stays a penalty."""
-    dist = (position_ids[:, :, None] - position_ids[:, None, :]).abs().float()  # (B, T, T)
+    query); with coupled positions a key can carry a larger id, and the distance stays a penalty.
+    With `key_position_ids` (B, Tk) (keys other than the queries): (B, H, T, Tk)."""
+    kpos = position_ids if key_position_ids is None else key_position_ids
+    dist = (position_ids[:, :, None] - kpos[:, None, :]).abs().float()  # (B, T, Tk)
     return -slopes[None, :, None, None] * dist[:, None]
 
 
@@ -235,15 +264,24 @@ class FIRE(nn.Module):
         norm = torch.log(torch.abs(self.c * torch.maximum(i, L)) + 1) + self.eps
         return self.mlp((rel / norm)[..., None])
 
-    def forward(self, position_ids: Tensor) -> Tensor:  # (B, T) -> (B, H, T, T)
+    def forward(self, position_ids: Tensor, key_position_ids: Tensor | None = None) -> Tensor:
+        """(B, T) -> (B, H, T, T); with `key_position_ids` (B, Tk): (B, H, T, Tk)."""
         B, T = position_ids.shape
-        ids, inverse = torch.unique(position_ids, return_inverse=True)  # (U,), (B, T)
-        if ids.numel() ** 2 <= B * T * T:  # a table over pairs of distinct ids, then gather
+        if key_position_ids is None:
+            kpos = position_ids
+            ids, inverse = torch.unique(position_ids, return_inverse=True)  # (U,), (B, T)
+            q_inv = k_inv = inverse
+        else:
+            kpos = key_position_ids
+            both = torch.cat([position_ids, kpos], dim=1)
+            ids, inverse = torch.unique(both, return_inverse=True)  # (U,), (B, T + Tk)
+            q_inv, k_inv = inverse[:, :T], inverse[:, T:]
+        if ids.numel() ** 2 <= B * T * kpos.shape[1]:  # a table over pairs of distinct ids
             p = ids.float()
             table = self._bias(p[:, None], p[None, :]).permute(2, 0, 1)  # (H, U, U)
-            return table[:, inverse[:, :, None], inverse[:, None, :]].transpose(0, 1)
-        p = position_ids.float()
-        return self._bias(p[:, :, None], p[:, None, :]).permute(0, 3, 1, 2)
+            return table[:, q_inv[:, :, None], k_inv[:, None, :]].transpose(0, 1)
+        p, pk = position_ids.float(), kpos.float()
+        return self._bias(p[:, :, None], pk[:, None, :]).permute(0, 3, 1, 2)
 
 
 class RelativeBias(nn.Module):
@@ -256,19 +294,34 @@ class RelativeBias(nn.Module):
         self.max_distance = max_distance
         self.table = nn.Parameter(torch.zeros(n_head, 2 * max_distance + 1))
 
-    def forward(self, position_ids: Tensor) -> Tensor:  # (B, T) -> (B, H, T, T)
+    def forward(self, position_ids: Tensor, key_position_ids: Tensor | None = None) -> Tensor:
+        """(B, T) -> (B, H, T, T); with `key_position_ids` (B, Tk): (B, H, T, Tk)."""
         md = self.max_distance
-        rel = position_ids[:, :, None] - position_ids[:, None, :]  # (B, T, T)
+        kpos = position_ids if key_position_ids is None else key_position_ids
+        rel = position_ids[:, :, None] - kpos[:, None, :]  # (B, T, Tk)
         return self.table[:, rel.clamp(-md, md) + md].transpose(0, 1)
 
 
-def abacus_indices(input_ids: Tensor, digit_ids: Tensor, doc_ids: Tensor | None = None) -> Tensor:
+def abacus_indices(
+    input_ids: Tensor,
+    digit_ids: Tensor,
+    doc_ids: Tensor | None = None,
+    *,
+    valid: Tensor | None = None,
+    last: Tensor | None = None,
+) -> Tensor:
     """(B, T) 1-based index of each digit within its run of consecutive digits, 0 for other
     tokens; a run also ends at a document boundary. "12+345=6" -> [1, 2, 0, 1, 2, 3, 0, 1].
 
     Vectorized: c = running count of digits; at every reset point (a non-digit, or a digit that
-    starts a document) remember the count before the run; index = c - the latest such count."""
+    starts a document) remember the count before the run; index = c - the latest such count.
+
+    Incremental decoding: `valid` (B, T) bool marks real tokens (padding counts as a non-digit,
+    index 0), `last` (B,) is the index of the token just before input_ids[:, 0] (0: none or not
+    a digit); the digits that open the row continue its count."""
     is_digit = torch.isin(input_ids, digit_ids)
+    if valid is not None:
+        is_digit = is_digit & valid
     d = is_digit.long()
     count = d.cumsum(dim=1)  # (B, T)
     starts = torch.zeros_like(is_digit)
@@ -276,4 +329,7 @@ def abacus_indices(input_ids: Tensor, digit_ids: Tensor, doc_ids: Tensor | None 
     if doc_ids is not None:
         starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
     reset = torch.where(~is_digit, count, torch.where(starts, count - 1, torch.zeros_like(count)))
-    return count - reset.cummax(dim=1).values
+    idx = count - reset.cummax(dim=1).values
+    if last is not None:  # the leading digits of the row continue the cached token's number
+        idx = idx + d.cumprod(dim=1) * last[:, None]
+    return idx

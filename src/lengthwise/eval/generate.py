@@ -1,0 +1,86 @@
+"""Batched greedy generation with a KV cache, for every position kind of the lengthwise GPT.
+
+Prompts are sorted by length and cut into batches (little padding), each batch LEFT-padded so
+that every row's last prompt token sits in the last column: one forward over the prompts fills
+the cache (prefill), then each step feeds one token per row. Each row's position ids start at 0
+at its first real token, and padding is never attended to (`GPT.forward(token_mask=...)`), so a
+row's tokens do not depend on the batch it lands in (tests/eval/test_generate.py checks batched
+== alone == a naive loop that recomputes the whole sequence every step).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lengthwise.model.gpt import GPT, KVCache
+
+
+def greedy_generate(
+    model: GPT,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos_id: int,
+    batch_size: int = 64,
+    pad_id: int = 0,
+) -> list[list[int]]:
+    """The greedy continuation of each prompt (token ids), in the prompts' order: at most
+    `max_new_tokens` tokens, a row stopping at its first EOS (not included). Runs in eval mode
+    and inference mode; the model's training mode is restored afterwards."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty: greedy generation needs at least one token")
+    out: list[list[int]] = [[] for _ in prompts]
+    if max_new_tokens <= 0 or not prompts:
+        return out
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                batch = [prompts[i] for i in rows]
+                generated = _generate_batch(model, batch, max_new_tokens, eos_id, pad_id)
+                for i, ids in zip(rows, generated, strict=True):
+                    out[i] = ids
+    finally:
+        model.train(was_training)
+    return out
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, ...]:
+    """(input_ids, position_ids, token_mask), each (B, T_max): prompts right-aligned, positions
+    0, 1, ... from each row's first real token (0 on padding), mask False on padding."""
+    lens = torch.tensor([len(p) for p in prompts], device=device)
+    T = int(lens.max())
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, T - len(p) :] = torch.tensor(p, dtype=torch.long)
+    ids = ids.to(device)
+    pos = torch.arange(T, device=device)[None, :] - (T - lens)[:, None]  # (B, T)
+    return ids, pos.clamp(min=0), pos >= 0
+
+
+def _generate_batch(
+    model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int
+) -> list[list[int]]:
+    device = next(model.parameters()).device
+    ids, pos, mask = left_pad(prompts, pad_id, device)
+    B, T = ids.shape
+    cache = KVCache(capacity=T + max_new_tokens)
+    logits = model(ids, pos, cache=cache, token_mask=mask, logits_to_keep=1)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    steps: list[Tensor] = []
+    for step in range(max_new_tokens):
+        nxt = logits[:, -1].argmax(dim=-1)  # (B,)
+        nxt = torch.where(done, eos_id, nxt)  # a stopped row only repeats EOS
+        steps.append(nxt)
+        done = done | (nxt == eos_id)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        logits = model(nxt[:, None], cache=cache)  # positions continue each row's
+    generated = torch.stack(steps, dim=1).tolist()  # (B, n_steps)
+    return [row[: row.index(eos_id)] if eos_id in row else row for row in generated]
