@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/lengthwise data-stats configs/demo_text.yaml
 	rm -rf $(DEMO_RUN)
 	$(BIN)/lengthwise train configs/demo_text.yaml train.out_dir=$(DEMO_RUN) \
-		train.total_tokens=262144 schedule.warmup_tokens=32768 train.eval_every_tokens=131072
+		train.total_tokens=262144 schedule.warmup_tokens=32768 eval.every_tokens=131072
 	$(BIN)/lengthwise export $(DEMO_RUN)
 
 test: $(STAMP)

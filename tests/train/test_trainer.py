@@ -111,8 +111,8 @@ def test_nonfinite_steps_are_skipped_then_abort(make_cfg, monkeypatch):
 
 def test_run_dir_contents_and_eval(make_cfg):
     cfg = make_cfg(
-        "train.eval_splits=[val]",
-        "train.eval_every_tokens=5120",
+        "eval.sets=[{name: val, split: val}]",
+        "eval.every_tokens=5120",
         "train.best_metric=val/loss",
         "train.checkpoint_every_tokens=5120",
     )

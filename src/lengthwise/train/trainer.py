@@ -30,7 +30,7 @@ from lengthwise.data.store import TokenStore
 from lengthwise.data.strategies import build_strategy
 from lengthwise.data.tokenizer import atomic_write_text, load_tokenizer
 from lengthwise.errors import UserError
-from lengthwise.eval.loss import evaluate_loss
+from lengthwise.eval.evaluator import Evaluator
 from lengthwise.model.gpt import GPT
 from lengthwise.train import checkpoint
 from lengthwise.train.distributed import (
@@ -44,6 +44,7 @@ from lengthwise.train.distributed import (
     wrap_model,
 )
 from lengthwise.train.log import RunLog
+from lengthwise.train.monitor import EarlyStopping, OODMonitor, direction, run_hook
 from lengthwise.train.optim import build_optimizer, lr_at, penalty
 
 
@@ -58,6 +59,7 @@ class Counters:
     target_tokens: int = 0
     nonfinite_in_a_row: int = 0
     skipped_steps: int = 0
+    alerts: int = 0
     best: float | None = None
     next_eval: int = 0
     next_checkpoint: int = 0
@@ -145,12 +147,13 @@ class Trainer:
             self.pad_id,
             self.dist.rank,
             self.dist.world_size,
+            prompt_lens=store.prompt_lens,
         )
         self.loader = BatchLoader(strategy)
         self.autocast = autocast_for(cfg, self.device)
-        self.eval_stores = {s: TokenStore(cfg.data.out_dir / s) for s in cfg.train.eval_splits}
+        self._build_evaluation(cfg)
         self.counters = Counters(
-            next_eval=cfg.train.eval_every_tokens,
+            next_eval=cfg.eval.every_tokens,
             next_checkpoint=cfg.train.checkpoint_every_tokens,
         )
         torch.manual_seed(cfg.train.seed + 1 + self.dist.rank)  # dropout etc., per rank
@@ -165,6 +168,47 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ set-up and resume
+
+    def _build_evaluation(self, cfg: Config) -> None:
+        """Eval sets, the OOD monitor, early stopping and the metric that picks `best`."""
+        self.evaluator = None
+        if cfg.eval.sets:
+            if cfg.distributed.fsdp and any(s.kind == "task" for s in cfg.eval.sets):
+                raise UserError(
+                    "eval.sets: task sets (greedy decoding) are not supported with "
+                    "distributed.fsdp=true yet; use DDP or text sets"
+                )
+            self.evaluator = Evaluator(
+                cfg,
+                load_tokenizer(cfg.data.out_dir / "tokenizer.json"),
+                self.device,
+                self.dist.rank,
+                self.dist.world_size,
+                reduce=all_reduce_sum_tensor,
+                autocast=self.autocast,
+            )
+        ood = self.evaluator.ood_metrics if self.evaluator else []
+        self.monitor = OODMonitor(ood, alert_drop=cfg.monitor.alert_drop)
+        es = cfg.monitor.early_stopping
+        self.stopper = None
+        if es.enabled:
+            metric = es.metric or (self.evaluator.default_stop_metric if self.evaluator else None)
+            if metric is None:
+                raise UserError(
+                    "monitor.early_stopping: no metric (set metric, or declare an eval set "
+                    "with tag: ood)"
+                )
+            self.stopper = EarlyStopping(
+                metric,
+                mode=es.mode,
+                patience=es.patience,
+                min_delta=es.min_delta,
+                stop_on_drop=es.stop_on_drop,
+                check_finite=es.check_finite,
+            )
+        self.best_metric = cfg.train.best_metric or (self.stopper.metric if self.stopper else None)
+        if cfg.monitor.restore_best and self.best_metric is None:
+            raise UserError("monitor.restore_best: needs train.best_metric or early stopping")
 
     def _prepare_run_dir(self, resume: bool) -> None:
         last = checkpoint.latest(self.ckpt_dir)
@@ -185,12 +229,17 @@ class Trainer:
             self.loader.load_state_dict(state["loader"])
             checkpoint.set_rng_state(state["rng"])
             self.counters = Counters(**state["counters"])
+            self.monitor.load_state_dict(state["monitor"])
+            if self.stopper is not None and state.get("stopper"):
+                self.stopper.load_state_dict(state["stopper"])
 
     def _state(self) -> dict[str, Any]:
         return {
             "counters": self.counters.__dict__.copy(),
             "loader": self.loader.state_dict(),
             "rng": checkpoint.rng_state(),
+            "monitor": self.monitor.state_dict(),
+            "stopper": self.stopper.state_dict() if self.stopper else None,
         }
 
     # ------------------------------------------------------------------ one optimizer step
@@ -251,25 +300,40 @@ class Trainer:
     # ------------------------------------------------------------------ eval and checkpoints
 
     def evaluate(self) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        model = self.model_plain  # FSDP2 shards it in place; DDP's forward hooks are not needed
-        for split, store in self.eval_stores.items():
-            out = evaluate_loss(
-                model,
-                store.tokens,
-                store.offsets,
-                self.cfg.batching.max_len,
-                self.cfg.train.eval_tokens,
-                self.device,
-                self.pad_id,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
-                reduce=all_reduce_sum_tensor,
-                autocast=self.autocast,
+        # the plain module: FSDP2 shards it in place; DDP's forward hooks are not needed
+        return self.evaluator.run(self.model_plain) if self.evaluator else {}
+
+    def watch(self, metrics: dict[str, float]) -> str | None:
+        """OOD alerts (log, console, hook) and the early-stopping decision: a stop reason or
+        None."""
+        c = self.counters
+        alerts = self.monitor.update(metrics, c.step, c.tokens)
+        c.alerts += len(alerts)
+        for a in alerts:
+            event = a.to_dict()
+            self.log.write("alert", c.tokens, **{k: v for k, v in event.items() if k != "tokens"})
+            self.log.message(
+                f"ALERT step {c.step}: {a.metric} = {a.value:.4g}, {a.drop:.1%} worse than its "
+                f"best {a.best:.4g} (step {a.best_step})"
             )
-            metrics[f"{split}/loss"] = out["loss"]
-            metrics[f"{split}/ppl"] = out["ppl"]
-        return metrics
+            if self.cfg.monitor.on_alert and self.dist.is_main and a.first:  # once per drop
+                problem = run_hook(self.cfg.monitor.on_alert, event)
+                if problem:
+                    self.log.message(f"monitor.on_alert failed: {problem}")
+        if self.stopper is None:
+            return None
+        metric = self.stopper.metric
+        if metric not in metrics:
+            raise UserError(
+                f"monitor.early_stopping.metric: '{metric}' is not an eval metric "
+                f"({', '.join(metrics)})"
+            )
+        decision = self.stopper.update(metrics[metric], c.step, alert=bool(alerts))
+        if decision.stop:
+            self.log.write("early_stop", c.tokens, step=c.step, reason=decision.reason)
+            self.log.message(f"early stop at step {c.step}: {decision.reason}")
+            return decision.reason
+        return None
 
     def save_checkpoint(self, metrics: dict[str, float] | None = None) -> Path:
         path = checkpoint.save(
@@ -285,18 +349,30 @@ class Trainer:
         return path
 
     def _maybe_track_best(self, metrics: dict[str, float]) -> None:
-        key = self.cfg.train.best_metric
+        key = self.best_metric
         if not key:
             return
         if key not in metrics:
             raise UserError(f"train.best_metric: '{key}' is not an eval metric ({list(metrics)})")
         value = metrics[key]
-        if self.counters.best is None or value < self.counters.best:
+        sign = 1.0 if direction(key) == "min" else -1.0
+        if not math.isfinite(value):
+            return
+        if self.counters.best is None or sign * value < sign * self.counters.best:
             self.counters.best = value
             path = self.save_checkpoint(metrics)
             if self.dist.is_main:
                 checkpoint.copy_as(path, self.ckpt_dir / "best")
             barrier()
+
+    def restore_best(self) -> int | None:
+        """Load checkpoints/best into the model (monitor.restore_best); its step, or None."""
+        best = self.ckpt_dir / "best"
+        if not (best / checkpoint.MANIFEST).is_file():
+            return None
+        manifest = checkpoint.verify(best)
+        checkpoint.load(best, self.model_plain, self.optimizer)
+        return int(manifest["step"])
 
     # ------------------------------------------------------------------ the loop
 
@@ -307,6 +383,7 @@ class Trainer:
         start, window_tokens, window_start = time.time(), 0, time.time()
         self._saved_at = c.step if c.step else -1
         metrics: dict[str, float] = {}
+        stop_detail = None
         while c.tokens < cfg.train.total_tokens:
             out = self.train_step(next(self.loader))
             c.step += 1
@@ -335,12 +412,17 @@ class Trainer:
                 window_tokens, window_start = 0, now
             done = c.tokens >= cfg.train.total_tokens
             paused = stop_at_step is not None and c.step >= stop_at_step and not done
-            if (cfg.train.eval_every_tokens and c.tokens >= c.next_eval) or done:
-                c.next_eval = c.tokens + cfg.train.eval_every_tokens
-                if self.eval_stores:
+            if (cfg.eval.every_tokens and c.tokens >= c.next_eval) or done:
+                c.next_eval = c.tokens + cfg.eval.every_tokens
+                if self.evaluator:
                     metrics = self.evaluate()
                     self.log.write("eval", c.tokens, step=c.step, **metrics)
                     self._maybe_track_best(metrics)
+                    stop_detail = self.watch(metrics)
+                    if stop_detail:
+                        if self._saved_at != c.step:
+                            self.save_checkpoint(metrics)
+                        break
             if (cfg.train.checkpoint_every_tokens and c.tokens >= c.next_checkpoint) or done:
                 c.next_checkpoint = c.tokens + cfg.train.checkpoint_every_tokens
                 if self._saved_at != c.step:
@@ -349,8 +431,16 @@ class Trainer:
                 if self._saved_at != c.step:
                     self.save_checkpoint(metrics)
                 break
+        reason = "completed" if c.tokens >= cfg.train.total_tokens else "paused"
+        restored = None
+        if stop_detail:
+            reason = "early_stopping"
+        if cfg.monitor.restore_best and reason != "paused":
+            restored = self.restore_best()
         summary = {
-            "stop_reason": "completed" if c.tokens >= cfg.train.total_tokens else "paused",
+            "stop_reason": reason,
+            "stop_detail": stop_detail,
+            "restored_best_step": restored,
             "steps": c.step,
             "tokens": c.tokens,
             "target_tokens": c.target_tokens,
@@ -358,6 +448,8 @@ class Trainer:
             "wall_seconds": round(time.time() - start, 2),
             "final": metrics,
             "best": c.best,
+            "best_metric": self.best_metric,
+            "alerts": c.alerts,
         }
         self._export(summary)
         self.log.close()

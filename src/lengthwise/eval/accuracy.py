@@ -1,0 +1,66 @@
+"""Exact-match accuracy of task items under greedy decoding, for any EvalLM.
+
+Every item counts in the denominator: an answer that does not parse is wrong, and the parse
+rate is reported next to the accuracy (Scylla drops unparseable answers from the denominator,
+which inflates accuracy; we do not).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lengthwise.eval.lm import EvalLM
+from lengthwise.tasks import Item, Task
+
+
+@dataclass
+class TaskScore:
+    correct: int = 0
+    parsed: int = 0
+    total: int = 0
+    per_item: list[bool] = field(default_factory=list)  # in item order
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else float("nan")
+
+    @property
+    def parse_rate(self) -> float:
+        return self.parsed / self.total if self.total else float("nan")
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "acc": self.accuracy,
+            "parse_rate": self.parse_rate,
+            "correct": self.correct,
+            "parsed": self.parsed,
+            "n": self.total,
+        }
+
+
+def answer_budget(lm: EvalLM, items: list[Item]) -> int:
+    """New tokens to generate: the longest expected completion plus one, so a correct answer
+    must be followed by EOS (an answer with trailing junk does not parse as correct)."""
+    return max((len(lm.encode(it.completion)) for it in items), default=0) + 1
+
+
+def score_items(
+    lm: EvalLM,
+    task: Task,
+    items: list[Item],
+    max_new_tokens: int | None = None,
+    batch_size: int = 64,
+) -> TaskScore:
+    """Greedy answers to every item, checked by the task."""
+    budget = max_new_tokens or answer_budget(lm, items)
+    outputs = lm.greedy([it.prompt for it in items], budget, batch_size=batch_size)
+    score = TaskScore()
+    for item, out in zip(items, outputs, strict=True):
+        parsed, correct = task.check(item, out)
+        score.total += 1
+        score.parsed += bool(parsed)
+        score.correct += bool(correct)
+        score.per_item.append(bool(correct))
+        score.outputs.append(out)
+    return score

@@ -1,0 +1,147 @@
+"""The eval sets of a run config (`eval.sets`), scored together: what the trainer calls at each
+eval and what the monitor watches.
+
+Metrics are named `SET/METRIC`: text sets give `SET/loss` and `SET/ppl`, task sets `SET/acc` and
+`SET/parse_rate`. The main metric of a set is `loss` (text) or `acc` (task); the means of the OOD
+sets' main metrics are `ood_mean/acc` and `ood_mean/loss` (the default early-stopping metric).
+
+Task items are generated once, deterministically from the set's seed; with `fresh: true`, items
+whose problem occurs in the training split (a task source) are replaced by fresh ones, so an OOD
+set never tests memorized items. In a distributed run each rank scores every W-th item and the
+counts are summed (text loss is split the same way by evaluate_loss).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from lengthwise.config import Config, EvalSetConfig
+from lengthwise.data.sources import task_source_items
+from lengthwise.data.store import TokenStore
+from lengthwise.data.tokenizer import Tokenizer
+from lengthwise.errors import UserError
+from lengthwise.eval.accuracy import score_items
+from lengthwise.eval.lengthwise_lm import LengthwiseLM
+from lengthwise.eval.loss import evaluate_loss
+from lengthwise.tasks import Item, Task, generate_items, get_task
+
+
+def task_of(spec: EvalSetConfig) -> Task:
+    try:
+        task = get_task(spec.task, **spec.params)  # type: ignore[arg-type]
+    except (ValueError, TypeError) as e:
+        raise UserError(f"task '{spec.task}': {e}") from None
+    if spec.format not in task.formats:
+        raise UserError(
+            f"task '{spec.task}': no format '{spec.format}' (choose from {', '.join(task.formats)})"
+        )
+    return task
+
+
+def training_keys(cfg: Config, split: str = "train") -> set[str]:
+    """Problem keys of the training split's items (empty when it is not a task source)."""
+    src = cfg.data.splits.get(split)
+    if src is None or src.kind != "task":
+        return set()
+    return {it.key for it in task_source_items(src)}
+
+
+def task_items(spec: EvalSetConfig, exclude: set[str]) -> list[Item]:
+    return list(
+        generate_items(
+            task_of(spec),
+            tuple(spec.lengths),
+            spec.n,
+            spec.format,
+            spec.seed,
+            exclude=exclude if spec.fresh else None,
+        )
+    )
+
+
+def main_metric(spec: EvalSetConfig) -> str:
+    return f"{spec.name}/{'acc' if spec.kind == 'task' else 'loss'}"
+
+
+class Evaluator:
+    def __init__(
+        self,
+        cfg: Config,
+        tokenizer: Tokenizer,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+        autocast: Callable[[], Any] | None = None,
+    ) -> None:
+        self.cfg, self.tokenizer, self.device = cfg, tokenizer, device
+        self.rank, self.world_size, self.reduce, self.autocast = rank, world_size, reduce, autocast
+        self.sets = cfg.eval.sets
+        self.stores = {
+            s.name: TokenStore(cfg.data.out_dir / s.split)  # type: ignore[operator]
+            for s in self.sets
+            if s.kind == "text"
+        }
+        task_sets = [s for s in self.sets if s.kind == "task"]
+        keys = training_keys(cfg) if any(s.fresh for s in task_sets) else set()
+        self.tasks = {s.name: task_of(s) for s in task_sets}
+        self.items = {s.name: task_items(s, keys) for s in task_sets}
+
+    @property
+    def ood_metrics(self) -> list[str]:
+        """Main metric of every OOD set: what the monitor watches."""
+        return [main_metric(s) for s in self.sets if s.tag == "ood"]
+
+    @property
+    def default_stop_metric(self) -> str | None:
+        ood = [s for s in self.sets if s.tag == "ood"]
+        if any(s.kind == "task" for s in ood):
+            return "ood_mean/acc"
+        return "ood_mean/loss" if ood else None
+
+    def run(self, model: nn.Module) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for s in self.sets:
+            if s.kind == "text":
+                store = self.stores[s.name]
+                out = evaluate_loss(
+                    model,
+                    store.tokens,
+                    store.offsets,
+                    self.cfg.batching.max_len,
+                    s.tokens,
+                    self.device,
+                    self.tokenizer.pad_id,
+                    rank=self.rank,
+                    world_size=self.world_size,
+                    reduce=self.reduce,
+                    autocast=self.autocast,
+                    prompt_lens=store.prompt_lens,
+                )
+                metrics[f"{s.name}/loss"], metrics[f"{s.name}/ppl"] = out["loss"], out["ppl"]
+            else:
+                metrics.update(self._task_metrics(model, s))
+        for kind, key in (("task", "acc"), ("text", "loss")):
+            names = [f"{s.name}/{key}" for s in self.sets if s.tag == "ood" and s.kind == kind]
+            if names:
+                metrics[f"ood_mean/{key}"] = sum(metrics[n] for n in names) / len(names)
+        return metrics
+
+    def _task_metrics(self, model: nn.Module, s: EvalSetConfig) -> dict[str, float]:
+        items = self.items[s.name]
+        mine = items[self.rank :: self.world_size]
+        lm = LengthwiseLM(model, self.tokenizer, device=self.device)
+        budget = s.max_new_tokens or max(len(lm.encode(it.completion)) for it in items) + 1
+        was_training = model.training
+        with self.autocast() if self.autocast else torch.autocast(self.device.type, enabled=False):
+            score = score_items(lm, self.tasks[s.name], mine, budget, self.cfg.eval.batch_size)
+        model.train(was_training)
+        counts = torch.tensor(
+            [score.correct, score.parsed, score.total], dtype=torch.float64, device=self.device
+        )
+        correct, parsed, total = self.reduce(counts).tolist()
+        return {f"{s.name}/acc": correct / total, f"{s.name}/parse_rate": parsed / total}
