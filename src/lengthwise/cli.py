@@ -93,6 +93,42 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from lengthwise.eval import suites
+
+    cfg = suites.run_config(args.target, args.config)
+    out = args.out or (
+        args.target / "eval" if (args.target / "config.yaml").is_file() else Path("eval_out")
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        target = args.target
+        if args.checkpoint:  # a run's checkpoint other than its final export
+            from lengthwise.export import export_run
+
+            target, _ = export_run(args.target, args.checkpoint, Path(tmp) / "export")
+        lm = suites.load_lm(target, device=args.device, prompt_template=args.prompt_template)
+        if args.suite == "lengths":
+            _, table = suites.suite_lengths(
+                lm,
+                cfg,
+                out,
+                args.multiples,
+                n=args.n,
+                text_split=args.text_split,
+                batch_size=args.batch_size,
+            )
+        elif args.suite == "valley":
+            _, table = suites.suite_valley(lm, cfg, out, n=args.n, batch_size=args.batch_size)
+        else:
+            _, table = suites.suite_memorization(lm, cfg, out, n=args.n, batch_size=args.batch_size)
+    print(table)
+    print(f"written: {out / (args.suite + '.json')} (and PNG plots beside it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lengthwise", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lengthwise {__version__}")
@@ -133,6 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/export")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("eval", help="diagnostic suites: lengths, valley, memorization")
+    p.add_argument("target", type=Path, help="a run dir, an export folder or a HF model folder")
+    p.add_argument("--suite", required=True, choices=("lengths", "valley", "memorization"))
+    p.add_argument("--config", type=Path, default=None, help="training config (default: RUN's)")
+    p.add_argument("--checkpoint", default=None, help="run dirs: last, best or a folder")
+    p.add_argument("--out", type=Path, default=None, help="default: RUN/eval or ./eval_out")
+    p.add_argument("--n", type=int, default=200, help="items per task and length (or level)")
+    p.add_argument(
+        "--multiples", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="lengths suite"
+    )
+    p.add_argument("--text-split", default=None, help="lengths suite: split for position loss")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--prompt-template", default="{prompt}", help="HF models: prompt wrapping")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

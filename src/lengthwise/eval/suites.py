@@ -1,0 +1,280 @@
+"""Diagnostic suites: `lengthwise eval TARGET --suite lengths|valley|memorization`.
+
+TARGET is a run directory (its `export/`), an export folder, or a Hugging Face causal LM folder.
+Each suite writes SUITE.json and PNG plots into the output folder and returns a text table.
+The run config (for a run directory: RUN/config.yaml; otherwise `--config`) says what the model
+was trained on: the training split's task source defines the in-distribution items and lengths,
+and its text splits give documents for per-position loss.
+
+- lengths: task accuracy at 1x, 2x, 4x (configurable) the longest training length, and
+  per-position loss of held-out text out to the largest multiple of the training context.
+- valley: per complexity level, accuracy on items the model trained on (ID) and on fresh items
+  of the same lengths (OOD); the critical complexity is the level with the largest gap.
+- memorization: per-item accuracy against how often the item's terms occur in the training data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lengthwise.config import Config, SourceConfig
+from lengthwise.data.sources import iter_documents, task_names, task_source_items
+from lengthwise.data.store import TokenStore
+from lengthwise.data.tokenizer import atomic_write_text, load_tokenizer
+from lengthwise.errors import UserError
+from lengthwise.eval.accuracy import score_items
+from lengthwise.eval.lm import EvalLM
+from lengthwise.tasks import generate_items, get_task
+
+SUITES = ("lengths", "valley", "memorization")
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def load_lm(target: Path, device: str = "cpu", prompt_template: str = "{prompt}") -> EvalLM:
+    """A lengthwise run directory or export folder, or a Hugging Face causal LM folder."""
+    target = Path(target)
+    if (target / "config.yaml").is_file() and (target / "export").is_dir():
+        target = target / "export"
+    meta_path = target / "config.json"
+    if not meta_path.is_file():
+        raise UserError(f"{target}: not a run, an export folder or a Hugging Face model folder")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{meta_path}: not valid JSON") from None
+    if meta.get("format") == "lengthwise":
+        from lengthwise.eval.lengthwise_lm import LengthwiseLM
+
+        return LengthwiseLM.from_export(target, device=device)
+    from lengthwise.eval.hf import HFCausalLM
+
+    return HFCausalLM.from_pretrained(target, device=device, prompt_template=prompt_template)
+
+
+def run_config(target: Path, config: Path | None) -> Config:
+    from lengthwise.config import load_config
+
+    if config is not None:
+        return load_config(config)
+    if (Path(target) / "config.yaml").is_file():
+        return load_config(Path(target) / "config.yaml")
+    raise UserError(f"{target}: not a run directory; pass --config (the training data config)")
+
+
+def train_task_source(cfg: Config, suite: str) -> SourceConfig:
+    src = cfg.data.splits.get("train")
+    if src is None or src.kind != "task":
+        raise UserError(
+            f"--suite {suite}: the config's train split is not a task source (data.splits.train "
+            "with kind: task), so there are no training items to compare against"
+        )
+    return src
+
+
+def write_json(path: Path, payload: Any) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, default=_jsonable))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON-able: {type(x)}")
+
+
+# ---------------------------------------------------------------------- lengths
+
+
+def length_accuracy(
+    lm: EvalLM, src: SourceConfig, multiples: list[float], n: int, batch_size: int
+) -> list[dict[str, Any]]:
+    """Per task and multiple m: items of exactly round(m x longest training length)."""
+    train_len = src.lengths[1]
+    keys = {it.key for it in task_source_items(src)}
+    rows = []
+    for name in task_names(src):
+        task = get_task(name, **src.params)
+        for m in multiples:
+            length = max(1, round(m * train_len))
+            items = list(
+                generate_items(
+                    task, (length, length), n, src.format, 10_000 + int(100 * m), exclude=keys
+                )
+            )
+            score = score_items(lm, task, items, batch_size=batch_size)
+            rows.append({"task": name, "multiple": m, "length": length, **score.to_dict()})
+    return rows
+
+
+def position_losses(
+    lm: EvalLM, store: TokenStore, tokenizer_path: Path, n_tokens: int, n_docs: int
+) -> tuple[list[float], int]:
+    """Mean loss at each position 0..n_tokens-2 over the longest documents of a store (text
+    re-encoded by the model's own tokenizer, so any model can be scored); the documents used."""
+    tok = load_tokenizer(tokenizer_path)
+    order = np.argsort(-store.lengths, kind="stable")[: 4 * n_docs]
+    sums = np.zeros(n_tokens - 1)
+    counts = np.zeros(n_tokens - 1)
+    used = 0
+    for d in order:
+        ids = lm.encode(tok.decode(store.doc(int(d)).tolist()))[:n_tokens]
+        if len(ids) < 2:
+            continue
+        losses = np.asarray(lm.token_losses(ids))
+        sums[: len(losses)] += losses
+        counts[: len(losses)] += 1
+        used += 1
+        if used == n_docs:
+            break
+    with np.errstate(invalid="ignore"):
+        mean = sums / counts
+    return [float(x) for x in mean[counts > 0]], used
+
+
+def suite_lengths(
+    lm: EvalLM,
+    cfg: Config,
+    out: Path,
+    multiples: list[float],
+    n: int = 200,
+    text_split: str | None = None,
+    n_docs: int = 8,
+    batch_size: int = 64,
+) -> tuple[dict[str, Any], str]:
+    from lengthwise.eval import plots
+
+    result: dict[str, Any] = {"model": lm.name, "multiples": multiples}
+    lines = []
+    src = cfg.data.splits.get("train")
+    if src is not None and src.kind == "task":
+        rows = length_accuracy(lm, src, multiples, n, batch_size)
+        result["task"] = {"train_max_length": src.lengths[1], "format": src.format, "rows": rows}
+        plots.plot_length_accuracy(rows, out / "lengths_accuracy.png")
+        lines.append(f"{'task':<16}{'x':>6}{'length':>8}{'acc':>8}{'parsed':>8}{'n':>6}")
+        for r in rows:
+            lines.append(
+                f"{r['task']:<16}{r['multiple']:>5g}x{r['length']:>8}{r['acc']:>8.3f}"
+                f"{r['parse_rate']:>8.3f}{r['n']:>6}"
+            )
+    split = text_split or next(
+        (s for s, c in cfg.data.splits.items() if c.kind != "task" and s != "train"), None
+    )
+    if split is not None:
+        train_len = cfg.batching.max_len
+        n_tokens = int(max(multiples) * train_len) + 1
+        store = TokenStore(cfg.data.out_dir / split)
+        curve, used = position_losses(
+            lm, store, cfg.data.out_dir / "tokenizer.json", n_tokens, n_docs
+        )
+        bands = {}
+        edges = [0, *[int(m * train_len) for m in sorted(multiples)]]
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            part = [x for x in curve[lo:hi] if math.isfinite(x)]
+            bands[f"{lo}-{hi}"] = float(np.mean(part)) if part else float("nan")
+        result["text"] = {
+            "split": split,
+            "train_len": train_len,
+            "docs": used,
+            "per_position_loss": curve,
+            "band_loss": bands,
+        }
+        plots.plot_position_loss({lm.name: curve}, train_len, out / "lengths_position_loss.png")
+        lines.append(f"per-position loss on '{split}' ({used} documents), by position band:")
+        lines.extend(f"  {band:>12}: {loss:.4f}" for band, loss in bands.items())
+    if len(result) == 2:
+        raise UserError("--suite lengths: the config has no task train split and no text split")
+    write_json(out / "lengths.json", result)
+    return result, "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- valley
+
+
+def suite_valley(
+    lm: EvalLM, cfg: Config, out: Path, n: int = 100, batch_size: int = 64
+) -> tuple[dict[str, Any], str]:
+    from lengthwise.eval import plots
+    from lengthwise.eval.valley import format_valley, valley_table
+
+    src = train_task_source(cfg, "valley")
+    trained = list(task_source_items(src))
+    keys = {it.key for it in trained}
+    rows = []
+    for k, name in enumerate(task_names(src)):
+        task = get_task(name, **src.params)
+        seen = [it for it in trained if it.task == name][:n]
+        fresh = list(
+            generate_items(task, tuple(src.lengths), n, src.format, 20_000 + k, exclude=keys)
+        )
+        id_score = score_items(lm, task, seen, batch_size=batch_size)
+        ood_score = score_items(lm, task, fresh, batch_size=batch_size)
+        rows.append(
+            {
+                "task": name,
+                "complexity": task.complexity,
+                "level": task.level,
+                "id_correct": id_score.correct,
+                "id_total": id_score.total,
+                "id_parsed": id_score.parsed,
+                "ood_correct": ood_score.correct,
+                "ood_total": ood_score.total,
+                "ood_parsed": ood_score.parsed,
+            }
+        )
+    table = valley_table(rows)
+    result = {"model": lm.name, "lengths": src.lengths, "format": src.format, **table}
+    result["rows"] = rows
+    write_json(out / "valley.json", result)
+    plots.plot_valley(table, out / "valley.png")
+    return result, format_valley(table)
+
+
+# ---------------------------------------------------------------------- memorization
+
+
+def suite_memorization(
+    lm: EvalLM, cfg: Config, out: Path, n: int = 500, batch_size: int = 64, mode: str = "numbers"
+) -> tuple[dict[str, Any], str]:
+    from lengthwise.eval import plots
+    from lengthwise.eval.memorization import (
+        count_terms,
+        format_memorization,
+        item_frequency,
+        memorization_report,
+    )
+
+    src = train_task_source(cfg, "memorization")
+    trained_keys = {it.key for it in task_source_items(src)}
+    items, correct = [], []
+    for k, name in enumerate(task_names(src)):
+        task = get_task(name, **src.params)
+        fresh = list(
+            generate_items(
+                task, tuple(src.lengths), n, src.format, 30_000 + k, exclude=trained_keys
+            )
+        )
+        score = score_items(lm, task, fresh, batch_size=batch_size)
+        items.extend(fresh)
+        correct.extend(score.per_item)
+    terms = {t for it in items for t in it.terms}
+    texts = (d.text for d in iter_documents(src))
+    counts = count_terms(texts, terms, mode=mode)
+    freq = item_frequency([it.terms for it in items], counts)
+    report = memorization_report(freq, np.asarray(correct, dtype=float))
+    result = {"model": lm.name, "n_items": len(items), "terms": mode, **report}
+    result["items"] = [
+        {"key": it.key, "frequency": float(f), "correct": bool(c)}
+        for it, f, c in zip(items, freq, correct, strict=True)
+    ]
+    write_json(out / "memorization.json", result)
+    accuracy = np.asarray(correct, dtype=float)
+    plots.plot_memorization(freq, accuracy, report, out / "memorization.png")
+    return result, format_memorization(report)
