@@ -181,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--multiples", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="lengths suite"
     )
     p.add_argument("--text-split", default=None, help="lengths suite: split for position loss")
+    p.add_argument(
+        "--terms",
+        default="numbers",
+        choices=("numbers", "ngrams", "exact"),
+        help="memorization suite: how an item's terms are counted in the training data",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--prompt-template", default="{prompt}", help="HF models: prompt wrapping")

@@ -35,7 +35,7 @@ def task_run(tmp_path_factory):
             },
         },
         "batching": {"strategy": "best_fit", "tokens_per_step": 1024, "max_len": 64},
-        "model": {"n_layer": 2, "n_head": 2, "d_model": 32, "position": "rope"},
+        "model": {"n_layer": 2, "n_head": 2, "d_model": 32, "position": "rope", "mlp": "swiglu"},
         "optim": {"lr": 3e-3},
         "train": {
             "out_dir": str(root / "run"),
@@ -103,6 +103,29 @@ def test_memorization_suite(task_run, tmp_path):
     assert all(item["frequency"] >= 0 for item in result["items"])
     assert "pearson" in result and "spearman" in result
     _png_ok(out / "memorization.png")
+
+
+def test_valley_of_the_hugging_face_export_equals_ours(task_run, tmp_path):
+    """The same model as a Llama folder (lengthwise export) through HFCausalLM: identical
+    greedy answers, so an identical valley table."""
+    pytest.importorskip("transformers")
+    cfg, run = task_run
+    assert main(["export", str(run), "--out", str(tmp_path / "exp")]) == 0
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    args = ["--suite", "valley", "--n", "10"]
+    assert main(["eval", str(run), *args, "--out", str(ours)]) == 0
+    config = str(run / "config.yaml")
+    hf_dir = str(tmp_path / "exp" / "hf")
+    assert main(["eval", hf_dir, *args, "--config", config, "--out", str(theirs)]) == 0
+    a = json.loads((ours / "valley.json").read_text())
+    b = json.loads((theirs / "valley.json").read_text())
+    assert a["rows"] == b["rows"] and a["levels"] == b["levels"]
+    prompts = [it.prompt for it in task_source_items(cfg.data.splits["train"])][:12]
+    ours_lm, hf_lm = load_lm(run), load_lm(tmp_path / "exp" / "hf")
+    assert ours_lm.greedy(prompts, 12) == hf_lm.greedy(prompts, 12)
+    ids = ours_lm.encode(prompts[0] + prompts[1])
+    assert hf_lm.encode(prompts[0] + prompts[1]) == ids
+    assert ours_lm.token_losses(ids) == pytest.approx(hf_lm.token_losses(ids), abs=1e-4)
 
 
 def test_eval_errors(tmp_path, capsys):
