@@ -40,8 +40,9 @@ SUITES = ("lengths", "valley", "memorization")
 def load_lm(target: Path, device: str = "cpu", prompt_template: str = "{prompt}") -> EvalLM:
     """A lengthwise run directory or export folder, or a Hugging Face causal LM folder."""
     target = Path(target)
+    name = target.name
     if (target / "config.yaml").is_file() and (target / "export").is_dir():
-        target = target / "export"
+        target = target / "export"  # named after the run, not "export"
     meta_path = target / "config.json"
     if not meta_path.is_file():
         raise UserError(f"{target}: not a run, an export folder or a Hugging Face model folder")
@@ -52,7 +53,9 @@ def load_lm(target: Path, device: str = "cpu", prompt_template: str = "{prompt}"
     if meta.get("format") == "lengthwise":
         from lengthwise.eval.lengthwise_lm import LengthwiseLM
 
-        return LengthwiseLM.from_export(target, device=device)
+        lm = LengthwiseLM.from_export(target, device=device)
+        lm.name = name
+        return lm
     from lengthwise.eval.hf import HFCausalLM
 
     return HFCausalLM.from_pretrained(target, device=device, prompt_template=prompt_template)
