@@ -125,6 +125,7 @@ def test_run_dir_contents_and_eval(make_cfg):
         "export/model.safetensors",
         "export/config.json",
         "export/tokenizer.json",
+        "data_stats.json",
         "summary.json",
     ):
         assert (run / name).is_file(), name

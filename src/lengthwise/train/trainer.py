@@ -220,6 +220,8 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
+            if not (self.run_dir / "data_stats.json").is_file():  # for reports: one epoch's
+                self._write_data_stats()  # padding, dropped tokens, FLOPs, bucket histogram
             shutil.copyfile(
                 self.cfg.data.out_dir / "tokenizer.json", self.run_dir / "tokenizer.json"
             )
@@ -232,6 +234,17 @@ class Trainer:
             self.monitor.load_state_dict(state["monitor"])
             if self.stopper is not None and state.get("stopper"):
                 self.stopper.load_state_dict(state["stopper"])
+
+    def _write_data_stats(self) -> None:
+        from lengthwise.data.stats import ModelDims, strategy_stats
+
+        store = TokenStore(self.cfg.data.out_dir / "train")
+        dims = ModelDims(self.cfg.model.n_layer, self.cfg.model.d_model)
+        try:
+            stats = strategy_stats(store, self.cfg.batching, dims)
+        except UserError:
+            return  # not one full step: the loader reports it
+        atomic_write_text(self.run_dir / "data_stats.json", json.dumps(stats, indent=2))
 
     def _state(self) -> dict[str, Any]:
         return {
