@@ -16,15 +16,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Until `lengthwise demo` (issue 5): tokenize, compare strategies, a short training run, export.
-DEMO_RUN := runs/demo_text_short
+# The main job (~10 minutes on 2 CPU cores): prepare the bundled data, concat_chunk vs Dataset
+# Decomposition on text, an addition run tested at 2x/4x its length, runs/demo/report.html.
 demo: $(STAMP)
-	$(BIN)/lengthwise prepare configs/demo_text.yaml
-	$(BIN)/lengthwise data-stats configs/demo_text.yaml
-	rm -rf $(DEMO_RUN)
-	$(BIN)/lengthwise train configs/demo_text.yaml train.out_dir=$(DEMO_RUN) \
-		train.total_tokens=262144 schedule.warmup_tokens=32768 eval.every_tokens=131072
-	$(BIN)/lengthwise export $(DEMO_RUN)
+	$(BIN)/lengthwise demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -129,6 +129,49 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from lengthwise.report import build_report
+
+    out = build_report(args.run_dirs, args.out, title=args.title)
+    print(f"written: {out} (PNG figures in {out.with_name(out.stem + '_files')})")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from lengthwise import experiments
+
+    if args.experiment in experiments.NOT_IMPLEMENTED:
+        what = experiments.NOT_IMPLEMENTED[args.experiment]
+        print(
+            f"lengthwise: experiment {args.experiment} ({what}) is not implemented yet; "
+            f"available: {', '.join(experiments.IMPLEMENTED)}",
+            file=sys.stderr,
+        )
+        return 2
+    results = experiments.run_experiment(
+        args.experiment,
+        quick=args.quick,
+        budget_minutes=args.budget_minutes,
+        out=args.out,
+        spec_file=args.spec,
+        quiet=args.quiet,
+    )
+    where = Path(results["out_dir"]) / "results.md"
+    print(f"{args.experiment} done in {results['wall_seconds']:.0f}s: {where}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lengthwise.demo import run_demo
+    from lengthwise.train.trainer import TrainingDiverged
+
+    try:
+        return run_demo(args.out, budget_minutes=args.budget_minutes, quick=args.quick)
+    except TrainingDiverged as e:
+        print(f"lengthwise: demo training stopped: {e}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lengthwise", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lengthwise {__version__}")
@@ -191,6 +234,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--prompt-template", default="{prompt}", help="HF models: prompt wrapping")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="one self-contained HTML page comparing run directories")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="train.out_dir(s)")
+    p.add_argument("-o", "--out", type=Path, default=Path("report.html"), help="HTML file")
+    p.add_argument("--title", default="lengthwise report")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("experiment", help="run a packaged experiment (E1, E3, E5) end to end")
+    p.add_argument("experiment", choices=("E1", "E2", "E3", "E4", "E5"), help="which experiment")
+    p.add_argument("--quick", action="store_true", help="tiny smoke-test variant (< 2 minutes)")
+    p.add_argument(
+        "--budget-minutes", type=float, default=None, help="training budget (default: the YAML's)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="writes OUT/EXP/ (default: runs/experiments)"
+    )
+    p.add_argument("--spec", type=Path, default=None, help="another experiment YAML")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser(
+        "demo", help="the main job on the bundled data: text strategies, a task, a report"
+    )
+    p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test (< 2 min)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="default: runs/demo")
+    p.add_argument(
+        "--budget-minutes", type=float, default=10.0, help="time budget on CPU (default 10)"
+    )
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -268,6 +268,8 @@ def suite_memorization(
         items.extend(fresh)
         correct.extend(score.per_item)
     terms = {t for it in items for t in it.terms}
+    # occurrences in the training text (answers included); note: reversed and index_hints
+    # formats render "67" as "76" / "b6a7", so use the direct format for this suite for now
     texts = (d.text for d in iter_documents(src))
     counts = count_terms(texts, terms, mode=mode)
     freq = item_frequency([it.terms for it in items], counts)

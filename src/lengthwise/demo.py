@@ -1,0 +1,524 @@
+"""`lengthwise demo`: the main job on the bundled data, end to end, on CPU, within a time budget.
+
+    lengthwise demo [--quick] [--out runs/demo] [--budget-minutes 10]
+
+One function per stage, called in order by `run_demo`:
+
+1. `prepare_data`   tokenize the bundled corpus (configs/demo_text.yaml: Linux kernel docs, and
+                    PostgreSQL docs as an out-of-distribution domain) and the addition task
+                    (configs/demo_task.yaml); a no-op when the stores are up to date.
+2. `measure_speed`  a few training steps of each demo model on random tokens: tokens/s here.
+3. `plan_budget`    token budgets that fit the time budget (`--quick`: fixed tiny budgets).
+4. `train_text`     twice, the same model and token budget: `concat_chunk` (fixed-length chunks
+                    across documents) and `decomposition` + `grow_p2` (Dataset Decomposition);
+                    eval sets val (held-out kernel docs, id) and ood (PostgreSQL docs).
+5. `text_lengths`   per-position loss out to 4x the training length (`eval --suite lengths`).
+6. `train_task`     reversed addition on 1-8 digit numbers with abacus positions, tested on 9-16
+                    (2x) and 17-32 (4x) digit numbers during training: OOD monitor, early
+                    stopping, best checkpoint restored. Its token budget is what time is left.
+7. `task_lengths`   accuracy at exactly 8, 16 and 32 digits (`eval --suite lengths`).
+8. `write_report`   OUT/report.html (`lengthwise report` on the three runs).
+9. `summary_table`  one line per run, printed at the end.
+
+Runs are written to OUT/text_concat_chunk, OUT/text_decomposition and OUT/task_addition; running
+the demo again with the same OUT replaces them (and the report).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from lengthwise.config import Config, load_config
+from lengthwise.errors import UserError
+
+TEXT_CONFIG = "configs/demo_text.yaml"
+TASK_CONFIG = "configs/demo_task.yaml"
+TEXT_STRATEGIES = (  # run name, batching overrides, what the summary calls it
+    ("text_concat_chunk", ["batching.strategy=concat_chunk", "batching.curriculum.name=none"]),
+    ("text_decomposition", ["batching.strategy=decomposition", "batching.curriculum.name=grow_p2"]),
+)
+TASK_RUN = "task_addition"
+RUN_NAMES = (*(name for name, _ in TEXT_STRATEGIES), TASK_RUN)
+TEXT_EVAL_SETS = [  # the held-out kernel docs (id) and the PostgreSQL docs (ood)
+    {"name": "val", "kind": "text", "split": "val", "tag": "id"},
+    {"name": "ood", "kind": "text", "split": "ood", "tag": "ood"},
+]
+MULTIPLES = [1.0, 2.0, 4.0]
+STAGES = 6 + 2 * len(TEXT_STRATEGIES)  # stage headers printed: prepare ... report
+
+
+# ---------------------------------------------------------------------- budgets
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Everything the time budget decides. Tokens are training slots (rows x length), the unit
+    of `train.total_tokens`."""
+
+    text_max_len: int
+    text_tokens_per_step: int
+    text_tokens: int  # per text run (both runs get the same)
+    text_eval_every: int
+    text_eval_tokens: int  # per eval set and eval
+    text_suite_docs: int
+    task_tokens_per_step: int
+    task_tokens_min: int
+    task_tokens_max: int
+    task_evals: int  # evals over the task run (early stopping counts them)
+    task_eval_n: int  # items per task eval set in training
+    task_suite_n: int  # items per length in the suite
+    reason: str
+
+
+QUICK = Budget(
+    text_max_len=256,
+    text_tokens_per_step=2048,
+    text_tokens=4 * 2048,
+    text_eval_every=2 * 2048,
+    text_eval_tokens=2048,
+    text_suite_docs=2,
+    task_tokens_per_step=1024,
+    task_tokens_min=8 * 1024,
+    task_tokens_max=8 * 1024,
+    task_evals=2,
+    task_eval_n=8,
+    task_suite_n=8,
+    reason="--quick: fixed tiny budgets (a smoke test of every stage, not a result)",
+)
+
+# Full demo. Shares of the time left after preparing and measuring (the rest is evals, suites,
+# the report and slack for a machine shared with other work); SAFETY discounts the measured
+# speed, which a short warm-up on random tokens overestimates.
+TEXT_SHARE = 0.29  # each text run
+TASK_SHARE = 0.22
+SAFETY = 0.8
+TEXT_EVALS = 3  # at 1/3, 2/3 and the end of each text run
+TEXT_MIN_TOKENS = 8 * 16384
+TASK_RESERVE_S = 25.0  # what the task suite, the report and the summary take after the task run
+
+
+@dataclass
+class Speed:
+    text: float  # training tokens/s of the text model at its longest length
+    task: float  # of the task model
+
+
+@dataclass
+class RunResult:
+    name: str
+    what: str
+    run_dir: Path
+    summary: dict[str, Any]
+    suite: dict[str, Any] = field(default_factory=dict)
+    suite_table: str = ""
+
+
+# ---------------------------------------------------------------------- console and progress
+
+
+class Demo:
+    """The demo's context: output folder, clock and budget, console lines."""
+
+    def __init__(self, out: Path, budget_s: float, quick: bool, root: Path) -> None:
+        self.out, self.budget_s, self.quick, self.root = out, budget_s, quick, root
+        self.start = time.time()
+        self.stage = 0
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+    def left(self) -> float:
+        return self.budget_s - self.elapsed()
+
+    def say(self, text: str) -> None:
+        tqdm.write(text, file=sys.stdout)
+        sys.stdout.flush()
+
+    def begin(self, title: str) -> None:
+        self.stage += 1
+        clock = f"{_mmss(self.elapsed())}/{_mmss(self.budget_s)}"
+        self.say(f"\n[{self.stage}/{STAGES} {clock}] {title}")
+
+    @contextmanager
+    def ticker(self, desc: str, expect_s: float) -> Iterator[None]:
+        """A progress bar over the expected seconds of a step that reports no progress itself
+        (evaluation suites, the report), refreshed once a second."""
+        interactive = sys.stderr.isatty()
+        bar = tqdm(
+            total=max(round(expect_s), 1),
+            desc=desc,
+            unit="s",
+            bar_format="{desc}: {bar} {elapsed} (expected ~{total}s)",
+            mininterval=1.0 if interactive else 30.0,
+            dynamic_ncols=True,
+        )
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(1.0):
+                bar.n = min(round(time.time() - bar.start_t), bar.total - 1)
+                bar.refresh()
+
+        thread = threading.Thread(target=tick, daemon=True)
+        if interactive:
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if interactive:
+                thread.join()
+            bar.n = bar.total
+            bar.close()
+
+
+def _mmss(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+# ---------------------------------------------------------------------- configs
+
+
+def find_root() -> Path:
+    """The checkout holding configs/ and corpus/: the current directory, else the one this
+    package was installed (editable) from."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (root / TEXT_CONFIG).is_file() and (root / TASK_CONFIG).is_file():
+            return root
+    raise UserError(
+        f"demo: {TEXT_CONFIG} and {TASK_CONFIG} not found; run it from the lengthwise "
+        "repository (it trains on the bundled corpus/)"
+    )
+
+
+def demo_config(root: Path, name: str, overrides: list[str]) -> Config:
+    """A bundled config plus overrides, with its relative data paths taken from `root` (so the
+    demo works from any directory and shares data/ with `lengthwise prepare CONFIG`)."""
+    path = root / name
+    cfg = load_config(path, overrides)
+    rebased = []
+    if not cfg.data.out_dir.is_absolute():
+        rebased.append(f"data.out_dir={root / cfg.data.out_dir}")
+    for split, src in cfg.data.splits.items():
+        if src.path is not None and not src.path.is_absolute():
+            rebased.append(f"data.splits.{split}.path={root / src.path}")
+    return load_config(path, [*rebased, *overrides]) if rebased else cfg
+
+
+def _round_to(n: float, step: int, at_least: int = 1) -> int:
+    return max(int(n) // step, at_least) * step
+
+
+def text_overrides(budget: Budget, run_dir: Path) -> list[str]:
+    b = budget
+    return [
+        f"train.out_dir={run_dir}",
+        "train.device=cpu",
+        f"train.total_tokens={b.text_tokens}",
+        "train.checkpoint_every_tokens=0",  # the end only (and `best` by val/loss)
+        f"batching.max_len={b.text_max_len}",
+        f"batching.tokens_per_step={b.text_tokens_per_step}",
+        f"schedule.warmup_tokens={_round_to(b.text_tokens / 10, b.text_tokens_per_step)}",
+        f"eval.every_tokens={b.text_eval_every}",
+        "eval.sets=" + json.dumps([s | {"tokens": b.text_eval_tokens} for s in TEXT_EVAL_SETS]),
+    ]
+
+
+def task_overrides(budget: Budget, run_dir: Path, tokens: int, base: Config) -> list[str]:
+    b = budget
+    sets = [s.model_dump(mode="json") | {"n": b.task_eval_n} for s in base.eval.sets]
+    return [
+        f"train.out_dir={run_dir}",
+        "train.device=cpu",
+        f"train.total_tokens={tokens}",
+        "train.checkpoint_every_tokens=0",
+        f"batching.tokens_per_step={b.task_tokens_per_step}",
+        f"schedule.warmup_tokens={_round_to(tokens / 20, b.task_tokens_per_step)}",
+        f"eval.every_tokens={_round_to(tokens / b.task_evals, b.task_tokens_per_step)}",
+        "eval.sets=" + json.dumps(sets),
+    ]
+
+
+# ---------------------------------------------------------------------- stages
+
+
+def prepare_data(demo: Demo) -> None:
+    """Stage 1: token stores for both bundled configs (idempotent)."""
+    from lengthwise.data.store import prepare
+
+    demo.begin("prepare: tokenize the bundled corpus and the addition task")
+    for name in (TEXT_CONFIG, TASK_CONFIG):
+        cfg = demo_config(demo.root, name, [])
+        try:
+            prepare(cfg.data, progress=True)
+        except UserError as e:  # stores of the bundled data built by another version: rebuild
+            demo.say(f"{e}: rebuilding the demo's stores from the bundled data")
+            prepare(cfg.data, overwrite=True, progress=True)
+
+
+def measure_speed(demo: Demo) -> Speed:
+    """Stage 2: training tokens/s of the text model (at its longest length: the slowest shape)
+    and of the task model, from a few optimizer steps on random tokens."""
+    demo.begin("measure: training speed of the two demo models on this machine")
+    quick = demo.quick
+    text = demo_config(demo.root, TEXT_CONFIG, ["train.device=cpu"])
+    task = demo_config(demo.root, TASK_CONFIG, ["train.device=cpu"])
+    speed = Speed(
+        text=_tokens_per_s(
+            text, rows=1 if quick else 4, T=256 if quick else 1024, steps=1 + 2 * (not quick)
+        ),
+        task=_tokens_per_s(task, rows=64, T=task.batching.max_len, steps=3 if quick else 8),
+    )
+    demo.say(f"text model {speed.text:,.0f} tokens/s, task model {speed.task:,.0f} tokens/s")
+    return speed
+
+
+def _tokens_per_s(cfg: Config, rows: int, T: int, steps: int) -> float:
+    from lengthwise.data.store import TokenStore
+    from lengthwise.train.trainer import build_model
+
+    model, cfg = build_model(cfg, TokenStore(cfg.data.out_dir / "train"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, cfg.model.vocab_size, (rows, T + 1), generator=gen)
+    x, y = ids[:, :-1], ids[:, 1:]
+    pos = torch.arange(T).expand(rows, T)
+    model.train()
+    times = []
+    for _ in range(steps + 1):  # the first step warms up kernels and allocators
+        t = time.perf_counter()
+        loss = model(x, pos, None, y) / y.numel()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    return rows * T / (sum(times[1:]) / steps)
+
+
+def plan_budget(demo: Demo, speed: Speed) -> Budget:
+    """Stage 3: token budgets. Each text run gets TEXT_SHARE of the time left, in tokens at the
+    measured speed (discounted by SAFETY, less what its evals cost); the task run gets what is
+    left after them (decided when it starts), between task_tokens_min and task_tokens_max."""
+    demo.begin("plan: token budgets that fit the time budget")
+    if demo.quick:
+        demo.say(QUICK.reason)
+        return QUICK
+    text = demo_config(demo.root, TEXT_CONFIG, [])
+    step, eval_tokens = text.batching.tokens_per_step, 32768
+    left = demo.left()
+    # an eval reads 2 sets x eval_tokens forward only: ~1/3 of the cost of training on them
+    eval_cost = TEXT_EVALS * 2 * eval_tokens / 3
+    raw = TEXT_SHARE * left * speed.text * SAFETY - eval_cost
+    tokens = min(_round_to(raw, step * TEXT_EVALS), text.train.total_tokens)
+    tokens = max(tokens, TEXT_MIN_TOKENS)
+    task = demo_config(demo.root, TASK_CONFIG, [])
+    budget = Budget(
+        text_max_len=text.batching.max_len,
+        text_tokens_per_step=step,
+        text_tokens=tokens,
+        text_eval_every=tokens // TEXT_EVALS,
+        text_eval_tokens=eval_tokens,
+        text_suite_docs=8,
+        task_tokens_per_step=task.batching.tokens_per_step,
+        task_tokens_min=16 * task.batching.tokens_per_step,
+        task_tokens_max=task.train.total_tokens,
+        task_evals=12,
+        task_eval_n=100,
+        task_suite_n=200,
+        reason=(
+            f"{left:.0f}s left x {TEXT_SHARE:.0%} per text run x {speed.text:,.0f} tokens/s x "
+            f"{SAFETY} safety, less evals = {tokens:,} tokens per text run "
+            f"({tokens // step} steps of {step:,})"
+        ),
+    )
+    demo.say(budget.reason)
+    demo.say(
+        f"task run: the time left after the text runs (about {TASK_SHARE * left:.0f}s) at "
+        f"{speed.task:,.0f} tokens/s, at most {budget.task_tokens_max:,} tokens"
+    )
+    return budget
+
+
+def train_text(demo: Demo, budget: Budget, name: str, batching: list[str]) -> RunResult:
+    """Stage 4 (twice): the demo text model for `budget.text_tokens` tokens with one batching
+    strategy, evaluated on val (id) and ood (PostgreSQL)."""
+    from lengthwise.train.trainer import train
+
+    run_dir = demo.out / name
+    cfg = demo_config(demo.root, TEXT_CONFIG, [*text_overrides(budget, run_dir), *batching])
+    b = cfg.batching
+    what = b.strategy + (f"+{b.curriculum.name}" if b.curriculum.name != "none" else "")
+    what += f" T={b.max_len}"
+    demo.begin(f"text run {name}: {what}, {budget.text_tokens:,} tokens")
+    summary = train(cfg)
+    return RunResult(name, what, run_dir, summary)
+
+
+def text_lengths(demo: Demo, budget: Budget, run: RunResult) -> None:
+    """Stage 5: per-position loss on val documents out to 4x the training length."""
+    demo.begin(
+        f"lengths suite {run.name}: per-position loss on val out to 4x {budget.text_max_len}"
+    )
+    expect = 3 if demo.quick else 25
+    run.suite, run.suite_table = _lengths_suite(
+        demo, run.run_dir, expect, text_split="val", n_docs=budget.text_suite_docs
+    )
+    demo.say(run.suite_table)
+
+
+def train_task(demo: Demo, budget: Budget, speed: Speed) -> RunResult:
+    """Stage 6: reversed addition, 1-8 digits, evaluated at 1x/2x/4x during training with the
+    OOD monitor and early stopping (best checkpoint restored). Token budget: the time left."""
+    from lengthwise.train.trainer import train
+
+    run_dir = demo.out / TASK_RUN
+    base = demo_config(demo.root, TASK_CONFIG, [])
+    if demo.quick:
+        tokens = budget.task_tokens_min
+    else:  # training plus evals (~1/4 on top): the time left less the closing stages
+        seconds = demo.left() - TASK_RESERVE_S
+        tokens = seconds * speed.task * SAFETY / 1.25
+        tokens = _round_to(tokens, budget.task_tokens_per_step * budget.task_evals)
+        tokens = min(max(tokens, budget.task_tokens_min), budget.task_tokens_max)
+    cfg = demo_config(demo.root, TASK_CONFIG, task_overrides(budget, run_dir, tokens, base))
+    src = cfg.data.splits["train"]
+    what = f"addition {src.lengths[0]}-{src.lengths[1]} {src.format}, {cfg.model.position}"
+    es = cfg.monitor.early_stopping
+    demo.begin(
+        f"task run {TASK_RUN}: {what}, {tokens:,} tokens; early stopping on "
+        f"{es.metric or 'ood_mean/acc'} (patience {es.patience} of {budget.task_evals} evals)"
+    )
+    summary = train(cfg)
+    return RunResult(TASK_RUN, what, run_dir, summary)
+
+
+def task_lengths(demo: Demo, budget: Budget, run: RunResult) -> None:
+    """Stage 7: accuracy on problems of exactly 1x, 2x and 4x the longest training length."""
+    demo.begin(f"lengths suite {run.name}: accuracy at exactly 1x, 2x, 4x the trained digits")
+    expect = 3 if demo.quick else 15
+    run.suite, run.suite_table = _lengths_suite(demo, run.run_dir, expect, n=budget.task_suite_n)
+    demo.say(run.suite_table)
+
+
+def _lengths_suite(
+    demo: Demo, run_dir: Path, expect_s: float, **kwargs: Any
+) -> tuple[dict[str, Any], str]:
+    from lengthwise.eval import suites
+
+    cfg = suites.run_config(run_dir, None)
+    out = run_dir / "eval"  # where `lengthwise eval RUN` writes, and `lengthwise report` reads
+    out.mkdir(parents=True, exist_ok=True)
+    with demo.ticker("eval --suite lengths", expect_s):
+        lm = suites.load_lm(run_dir, device="cpu")
+        return suites.suite_lengths(lm, cfg, out, MULTIPLES, **kwargs)
+
+
+def write_report(demo: Demo, runs: list[RunResult]) -> tuple[Path | None, str | None, bool]:
+    """Stage 8: OUT/report.html over the three runs. Returns (path, problem, failed): a missing
+    report module skips the report; a report that fails is a failure of the demo (exit 1), but
+    after the summary, so that the runs' results are still printed."""
+    demo.begin("report: OUT/report.html")
+    try:
+        from lengthwise.report import build_report
+    except ImportError as e:
+        return None, f"skipped: the report module is not available ({e})", False
+    title = "lengthwise demo" + (" (--quick)" if demo.quick else "")
+    try:
+        with demo.ticker("report", 5 if demo.quick else 15):
+            path = build_report([r.run_dir for r in runs], demo.out / "report.html", title=title)
+    except Exception as e:  # noqa: BLE001 - reported, and the demo exits 1
+        return None, f"FAILED: {type(e).__name__}: {e}", True
+    return path, None, False
+
+
+def summary_table(runs: list[RunResult]) -> str:
+    """Stage 9: one line per run: what it trained, tokens, wall time, result, stop reason."""
+    rows = [("run", "training", "tokens", "wall", "result", "stop")]
+    for r in runs:
+        s = r.summary
+        rows.append(
+            (
+                r.name,
+                r.what,
+                f"{s['tokens']:,}",
+                f"{s['wall_seconds']:.0f}s",
+                _result(r),
+                s["stop_reason"],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _result(run: RunResult) -> str:
+    s = run.summary
+    if "task" in run.suite:  # the exported model (the restored best): problems of exact lengths
+        rows = run.suite["task"]["rows"]
+        accs = "  ".join(f"{r['multiple']:g}x {r['acc']:.3f}" for r in rows)
+        digits = "/".join(str(r["length"]) for r in rows)
+        best = s.get("restored_best_step")
+        return f"acc {accs} ({digits} digits" + (f"; best step {best})" if best else ")")
+    final = s.get("final") or {}
+    parts = [f"{k.split('/')[0]} {final[k]:.3f}" for k in ("val/loss", "ood/loss") if k in final]
+    text = run.suite.get("text", {})
+    bands = list(text.get("band_loss", {}).values())
+    if bands:  # mean loss over positions up to 1x, 1x-2x, 2x-4x the training length
+        by_pos = "  ".join(f"{m:g}x {v:.3f}" for m, v in zip(MULTIPLES, bands, strict=False))
+        parts.append(f"| {text['split']} by position {by_pos}")
+    return "  ".join(parts)
+
+
+# ---------------------------------------------------------------------- the whole job
+
+
+def clear_previous(out: Path) -> None:
+    """Remove this demo's earlier runs and report from OUT (nothing else in it)."""
+    for name in RUN_NAMES:
+        shutil.rmtree(out / name, ignore_errors=True)
+    (out / "report.html").unlink(missing_ok=True)
+    shutil.rmtree(out / "report_files", ignore_errors=True)
+
+
+def run_demo(out: Path, budget_minutes: float = 10.0, quick: bool = False) -> int:
+    if not budget_minutes > 0 or not math.isfinite(budget_minutes):
+        raise UserError(f"--budget-minutes: must be a positive number, got {budget_minutes}")
+    demo = Demo(Path(out).resolve(), budget_minutes * 60, quick, find_root())
+    demo.say(
+        f"lengthwise demo{' --quick' if quick else ''}: budget {_mmss(demo.budget_s)}, "
+        f"{torch.get_num_threads()} CPU threads, runs in {demo.out}"
+    )
+    clear_previous(demo.out)
+    demo.out.mkdir(parents=True, exist_ok=True)
+    prepare_data(demo)
+    speed = measure_speed(demo)
+    budget = plan_budget(demo, speed)
+    runs = [train_text(demo, budget, name, batching) for name, batching in TEXT_STRATEGIES]
+    for run in runs:
+        text_lengths(demo, budget, run)
+    task = train_task(demo, budget, speed)
+    task_lengths(demo, budget, task)
+    runs.append(task)
+    report, problem, failed = write_report(demo, runs)
+    demo.say(f"\nlengthwise demo: done in {_mmss(demo.elapsed())} (budget {_mmss(demo.budget_s)})")
+    demo.say(summary_table(runs))
+    demo.say(f"runs: {', '.join(str(r.run_dir) for r in runs)}")
+    demo.say(f"report: {report}" if report else f"report: {problem}")
+    return 1 if failed else 0

@@ -1,0 +1,320 @@
+"""Figures that compare runs, for `lengthwise report`.
+
+Every function takes plain data read from run directories (label -> records or JSON dicts), draws
+with matplotlib's Agg backend and writes one PNG atomically through
+:func:`lengthwise.eval.plots._save` (temporary file + ``os.replace``); each returns the path.
+Single-run evaluation plots (length accuracy, position loss, valley, memorization) are reused
+from :mod:`lengthwise.eval.plots`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.ticker import FuncFormatter
+
+from lengthwise.eval.plots import _empty_note, _num, _save, plt
+
+WIDE = (12.0, 4.4)
+SIZE = (7.5, 4.5)
+# quantities of an eval record that get their own panel, in this order; ppl is exp(loss)
+PANEL_ORDER = ("loss", "acc", "parse_rate")
+SKIP_SUFFIXES = ("ppl",)
+
+
+def smooth(y: Sequence[float], frac: float = 0.04) -> np.ndarray:
+    """Debiased exponential moving average (as TensorBoard draws it) whose span is ``frac`` of the
+    series length; NaNs are carried over without disturbing the average."""
+    y = np.asarray(y, dtype=np.float64)
+    span = max(1.0, frac * len(y))
+    alpha = 2.0 / (span + 1.0)
+    out = np.full_like(y, np.nan)
+    avg, weight = 0.0, 0.0
+    for i, v in enumerate(y):
+        if math.isfinite(v):
+            avg = (1 - alpha) * avg + alpha * v
+            weight = (1 - alpha) * weight + alpha
+        if weight > 0:
+            out[i] = avg / weight
+    return out
+
+
+def wall_clock(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Seconds since the run started for each record; a resumed run restarts its clock at 0, so a
+    backwards jump continues from the last time seen (time summed over the run's sessions)."""
+    out, offset, last = [], 0.0, 0.0
+    for r in records:
+        t = _num(r.get("time"))
+        if not math.isfinite(t):
+            out.append(math.nan)
+            continue
+        if t + offset < last:
+            offset = last
+        last = t + offset
+        out.append(last)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _series(records: Sequence[Mapping[str, Any]], key: str, x: str = "tokens"):
+    pts = [(_num(r.get(x)), _num(r.get(key))) for r in records if key in r]
+    pts = [p for p in pts if math.isfinite(p[0])]
+    return np.asarray([p[0] for p in pts]), np.asarray([p[1] for p in pts])
+
+
+def _legend(ax: Any, n: int) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small" if n < 6 else "x-small", loc="best", framealpha=0.85)
+
+
+def _colors(labels: Sequence[str]) -> dict[str, Any]:
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {lab: cycle[i % len(cycle)] for i, lab in enumerate(labels)}
+
+
+# ---------------------------------------------------------------------- training loss
+
+
+def plot_loss_curves(
+    train: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike[str]
+) -> Path:
+    """Training loss of every run against tokens (left) and wall-clock time (right): the smoothed
+    curve bold, the raw values faint behind it."""
+    fig, (ax_t, ax_w) = plt.subplots(1, 2, figsize=WIDE, sharey=True)
+    colors = _colors(list(train))
+    for label, recs in train.items():
+        recs = [r for r in recs if "loss" in r]
+        if not recs:
+            continue
+        y = np.asarray([_num(r["loss"]) for r in recs])
+        xs = {
+            ax_t: np.asarray([_num(r.get("tokens")) for r in recs]),
+            ax_w: wall_clock(recs),
+        }
+        for ax, x in xs.items():
+            ax.plot(x, y, lw=0.6, alpha=0.25, color=colors[label])
+            ax.plot(x, smooth(y), lw=1.8, color=colors[label], label=label)
+    ax_t.set_xlabel("tokens trained")
+    ax_w.set_xlabel("wall-clock time (s)")
+    ax_t.set_ylabel("training loss (nats / token)")
+    ax_t.set_title("Training loss vs tokens")
+    ax_w.set_title("Training loss vs wall time")
+    for ax in (ax_t, ax_w):
+        ax.grid(alpha=0.3)
+        if not ax.lines:
+            _empty_note(ax, "no training records")
+        _legend(ax, len(train))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------- throughput
+
+
+def plot_throughput(
+    train: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike[str]
+) -> Path:
+    """Tokens per second over training, one line per run (smoothed, raw faint), with each run's
+    median as a dotted horizontal line."""
+    fig, ax = plt.subplots(figsize=SIZE)
+    colors = _colors(list(train))
+    for label, recs in train.items():
+        x, y = _series(recs, "tokens_per_s")
+        ok = np.isfinite(y)
+        if not ok.any():
+            continue
+        med = float(np.median(y[ok]))
+        ax.plot(x, y, lw=0.6, alpha=0.25, color=colors[label])
+        ax.plot(x, smooth(y), lw=1.8, color=colors[label], label=f"{label} (median {med:,.0f})")
+        ax.axhline(med, color=colors[label], ls=":", lw=1)
+    if not ax.lines:
+        _empty_note(ax, "no tokens_per_s in the training records")
+    ax.set_xlabel("tokens trained")
+    ax.set_ylabel("tokens / s")
+    ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_title("Throughput over training")
+    ax.grid(alpha=0.3)
+    _legend(ax, len(train))
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------- data accounting
+
+
+def _attn_per_token(s: Mapping[str, Any]) -> float:
+    """Attention FLOPs per input token: data_stats.json counts them per step, over
+    input_tokens / steps_per_epoch input tokens per step."""
+    attn, tokens, steps = (
+        _num(s.get(k)) for k in ("attn_flops", "input_tokens", "steps_per_epoch")
+    )
+    return attn * steps / tokens if tokens > 0 and steps > 0 else math.nan
+
+
+def accounting_rows(stats: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per run (from data_stats.json): pad %, dropped %, attention FLOPs per input token relative
+    to the first run that has them, and attention FLOPs as a share of all FLOPs."""
+    per_token = {label: _attn_per_token(s) for label, s in stats.items()}
+    ref = next((v for v in per_token.values() if math.isfinite(v) and v > 0), math.nan)
+    rows = []
+    for label, s in stats.items():
+        attn, total = _num(s.get("attn_flops")), _num(s.get("total_flops"))
+        rows.append(
+            {
+                "run": label,
+                "strategy": s.get("strategy", "?"),
+                "curriculum": s.get("curriculum", "?"),
+                "pad_pct": 100 * _num(s.get("pad_fraction")),
+                "dropped_pct": 100 * _num(s.get("dropped_fraction")),
+                "attn_rel": per_token[label] / ref,
+                "attn_share_pct": 100 * attn / total if total > 0 else math.nan,
+                "mean_seq_len": _num(s.get("mean_seq_len")),
+                "cross_doc_pairs": _num(s.get("cross_doc_pairs")),
+            }
+        )
+    return rows
+
+
+def plot_accounting(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Three horizontal bar panels, one bar per run (labelled with its strategy): padding %,
+    dropped-token %, and attention FLOPs per input token relative to the first run."""
+    panels = (
+        ("pad_pct", "padding (% of slots)", "{:.1f}%"),
+        ("dropped_pct", "dropped tokens (% of store)", "{:.1f}%"),
+        ("attn_rel", f"attention FLOPs / token (x {rows[0]['run'] if rows else ''})", "{:.2f}x"),
+    )
+    n = len(rows)
+    fig, axes = plt.subplots(1, 3, figsize=(WIDE[0], 1.4 + 0.45 * max(n, 2)), sharey=True)
+    labels = [f"{r['run']}\n({r['strategy']})" for r in rows]
+    y = np.arange(n)
+    colors = list(_colors(labels).values())
+    for ax, (key, title, fmt) in zip(axes, panels, strict=True):
+        vals = np.asarray([_num(r[key]) for r in rows])
+        shown = np.where(np.isfinite(vals), vals, 0.0)
+        ax.barh(y, shown, color=colors, height=0.6)
+        top = float(np.nanmax(shown)) if n else 0.0
+        for yi, v in zip(y, vals, strict=True):
+            text = fmt.format(v) if math.isfinite(v) else "n/a"
+            ax.text(v if math.isfinite(v) else 0, yi, " " + text, va="center", fontsize="small")
+        ax.set_xlim(0, (top or 1.0) * 1.3)
+        ax.set_title(title, fontsize="medium")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(y)
+    axes[0].set_yticklabels(labels, fontsize="small")
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------- sequence lengths
+
+
+def plot_seq_len_schedule(
+    train: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike[str]
+) -> Path:
+    """The sequence length (bucket) of each logged training step, one panel per run, on a log2
+    axis; for decomposition this is the curriculum (e.g. Grow-P2 cycles)."""
+    runs = [(lab, recs) for lab, recs in train.items() if any("seq_len" in r for r in recs)]
+    n = max(1, len(runs))
+    fig, axes = plt.subplots(n, 1, figsize=(SIZE[0] + 1.5, 0.8 + 1.5 * n), squeeze=False)
+    colors = _colors([lab for lab, _ in runs])
+    for ax, (label, recs) in zip(axes[:, 0], runs, strict=False):
+        x, y = _series(recs, "seq_len", x="step")
+        ax.step(x, y, where="post", lw=1.2, color=colors[label])
+        ax.plot(x, y, ".", ms=3, color=colors[label])
+        ok = y[np.isfinite(y) & (y > 0)]
+        if len(ok):
+            ax.set_yscale("log", base=2)
+            ticks = 2.0 ** np.arange(np.floor(np.log2(ok.min())), np.ceil(np.log2(ok.max())) + 1)
+            ax.set_yticks(ticks)
+            ax.set_yticklabels([f"{t:g}" for t in ticks])
+            ax.set_ylim(ticks[0] / 1.3, ticks[-1] * 1.3)
+        ax.set_title(label, fontsize="medium", loc="left")
+        ax.set_ylabel("seq_len")
+        ax.grid(alpha=0.3)
+    if not runs:
+        _empty_note(axes[0, 0], "no seq_len in the training records")
+    axes[-1, 0].set_xlabel("optimizer step")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------- ID vs OOD
+
+
+def eval_panels(records: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Eval metrics grouped by quantity (the part after '/'), in :data:`PANEL_ORDER` first;
+    perplexity is left out (it is exp(loss))."""
+    keys = dict.fromkeys(
+        k for r in records for k in r if "/" in k and k.rsplit("/", 1)[1] not in SKIP_SUFFIXES
+    )
+    panels: dict[str, list[str]] = {}
+    for k in keys:
+        panels.setdefault(k.rsplit("/", 1)[1], []).append(k)
+    order = [q for q in PANEL_ORDER if q in panels] + [q for q in panels if q not in PANEL_ORDER]
+    return {q: sorted(panels[q]) for q in order}
+
+
+def plot_id_ood_history(
+    evals: Sequence[Mapping[str, Any]],
+    tags: Mapping[str, str],
+    path: str | os.PathLike[str],
+    title: str = "",
+    alerts: Sequence[Mapping[str, Any]] = (),
+    stop_tokens: float | None = None,
+    best_tokens: float | None = None,
+) -> Path:
+    """One run's eval metrics over tokens, one panel per quantity (loss, acc, ...): in-distribution
+    sets solid, OOD sets dashed (``tags``: set name -> "id" | "ood"; the ``ood_mean`` aggregate is
+    OOD, drawn thick), monitor alerts as red triangles on their metric, the early stop as a
+    vertical dashed line and the restored best checkpoint as a dotted one."""
+    panels = eval_panels(evals)
+    n = max(1, len(panels))
+    fig, axes = plt.subplots(n, 1, figsize=(SIZE[0] + 1.5, 1.0 + 2.1 * n), sharex=True)
+    axes = np.atleast_1d(axes)
+    sets = sorted({k.rsplit("/", 1)[0] for ks in panels.values() for k in ks})
+    colors = _colors(sets)
+    for ax, (quantity, keys) in zip(axes, panels.items(), strict=False):
+        n_ood = sum(tags.get(k.rsplit("/", 1)[0]) == "ood" for k in keys)
+        for key in keys:
+            name = key.rsplit("/", 1)[0]
+            if name == "ood_mean" and n_ood == 1:
+                continue  # the mean of one set is that set
+            x, y = _series(evals, key)
+            ok = np.isfinite(y)
+            ood = tags.get(name) == "ood" or name.startswith("ood_")
+            style = {"ls": "--" if ood else "-", "lw": 2.4 if name == "ood_mean" else 1.5}
+            color = "0.15" if name == "ood_mean" else colors[name]
+            label = f"{name} ({'OOD' if ood else 'ID'})"
+            marker = "." if ok.sum() < 60 else None
+            ax.plot(x[ok], y[ok], marker=marker, color=color, label=label, **style)
+        mine = [a for a in alerts if str(a.get("metric", "")).rsplit("/", 1)[-1] == quantity]
+        if mine:
+            ax.scatter(
+                [_num(a.get("tokens")) for a in mine],
+                [_num(a.get("value")) for a in mine],
+                marker="v",
+                s=70,
+                color="crimson",
+                zorder=5,
+                label=f"alert ({len(mine)})",
+            )
+        if stop_tokens is not None:
+            ax.axvline(stop_tokens, color="0.2", ls="--", lw=1.2, label="early stop")
+        if best_tokens is not None:
+            ax.axvline(best_tokens, color="tab:green", ls=":", lw=1.5, label="best (restored)")
+        ax.set_ylabel(quantity)
+        ax.grid(alpha=0.3)
+        if quantity in ("acc", "parse_rate"):
+            ax.set_ylim(-0.03, 1.03)
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if not panels:
+        _empty_note(axes[0], "no eval metrics")
+    axes[-1].set_xlabel("tokens trained")
+    axes[0].set_title(title or "Eval metrics over training", fontsize="medium")
+    fig.tight_layout()
+    return _save(fig, path)
