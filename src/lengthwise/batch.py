@@ -7,7 +7,9 @@ Every batching strategy produces this, and the model and trainer read nothing el
   document (so the first token of a packed document is never predicted from its neighbour).
 - `position_ids` restart at 0 at the start of every segment of a row (a document, or the part of a
   document that a row holds). `concat_chunk`, the classic baseline, is the one exception: it uses
-  0..T-1 like nanoGPT, because cross-document attention is what that baseline means.
+  0..T-1 like nanoGPT, because cross-document attention is what that baseline means. A store with
+  task position ids (the `coupled` format's positions.bin) overrides both: every token carries
+  its stored id, plus in training one random offset per row (`batching.position_offset_max`).
 - `doc_ids` is None when each row holds one document (plain causal attention suffices); otherwise it
   numbers the segments of each row 0, 1, 2, ... and padding is -1, so attention is allowed exactly
   where `doc_ids[q] == doc_ids[k]` and `k <= q` (padding attends only to padding: no empty rows).

@@ -122,6 +122,11 @@ class BatchingConfig(Strict):
     long_doc_rule: Literal["repeat", "random"] = "repeat"
     curriculum: CurriculumConfig = CurriculumConfig()
     seed: int = 0
+    # Stores with task position ids (the `coupled` format, positions.bin): in training, every id
+    # of a row is shifted by one random offset in [0, position_offset_max] drawn from
+    # (seed, epoch, step, row), the random starting id of position coupling. No effect on
+    # other stores, and never in evaluation (ids as stored).
+    position_offset_max: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> BatchingConfig:

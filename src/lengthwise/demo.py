@@ -240,7 +240,15 @@ def text_overrides(budget: Budget, run_dir: Path) -> list[str]:
 
 def task_overrides(budget: Budget, run_dir: Path, tokens: int, base: Config) -> list[str]:
     b = budget
-    sets = [s.model_dump(mode="json") | {"n": b.task_eval_n} for s in base.eval.sets]
+    sets = [  # fewer items per task set and fewer tokens per text set than a standalone run
+        s.model_dump(mode="json")
+        | (
+            {"n": b.task_eval_n}
+            if s.kind == "task"
+            else {"tokens": min(s.tokens, b.text_eval_tokens)}
+        )
+        for s in base.eval.sets
+    ]
     return [
         f"train.out_dir={run_dir}",
         "train.device=cpu",
@@ -272,18 +280,30 @@ def prepare_data(demo: Demo) -> None:
 
 def measure_speed(demo: Demo) -> Speed:
     """Stage 2: training tokens/s of the text model (at its longest length: the slowest shape)
-    and of the task model, from a few optimizer steps on random tokens."""
+    and of the task model, from a few optimizer steps on random tokens. With several CPU
+    threads it also tries one: on a machine shared with other jobs, threads that wait for each
+    other can make several threads many times slower than one (measured: 25x with 2 threads on
+    2 busy cores), and the demo keeps whichever is faster now."""
     demo.begin("measure: training speed of the two demo models on this machine")
-    quick = demo.quick
     text = demo_config(demo.root, TEXT_CONFIG, ["train.device=cpu"])
     task = demo_config(demo.root, TASK_CONFIG, ["train.device=cpu"])
+    rows, T = (1, 256) if demo.quick else (2, 1024)
+    tried = {}
+    for threads in dict.fromkeys((torch.get_num_threads(), 1)):
+        torch.set_num_threads(threads)
+        tried[threads] = _tokens_per_s(text, rows=rows, T=T, steps=1 if demo.quick else 2)
+    threads = max(tried, key=tried.__getitem__)
+    torch.set_num_threads(threads)
+    task_rows = task.batching.tokens_per_step // task.batching.max_len
     speed = Speed(
-        text=_tokens_per_s(
-            text, rows=1 if quick else 4, T=256 if quick else 1024, steps=1 + 2 * (not quick)
-        ),
-        task=_tokens_per_s(task, rows=64, T=task.batching.max_len, steps=3 if quick else 8),
+        text=tried[threads],
+        task=_tokens_per_s(task, rows=task_rows, T=task.batching.max_len, steps=4),
     )
-    demo.say(f"text model {speed.text:,.0f} tokens/s, task model {speed.task:,.0f} tokens/s")
+    demo.say(
+        "text model "
+        + ", ".join(f"{v:,.0f} tokens/s with {k} thread{'s' * (k > 1)}" for k, v in tried.items())
+        + f": using {threads}; task model {speed.task:,.0f} tokens/s"
+    )
     return speed
 
 

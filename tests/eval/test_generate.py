@@ -319,3 +319,159 @@ def benchmark(n_prompts: int = 64, new_tokens: int = 40, threads: int = 2) -> No
 
 if __name__ == "__main__":
     benchmark()
+
+
+# --- task position ids (position coupling) ------------------------------------------------------
+
+POSITIONED = ["learned", "rope", "alibi", "fire", "relative_bias", "relative_bias_window"]
+
+
+def toy_position(i: int, generated: list[int]) -> int:
+    """Any deterministic function of the prompt and the tokens so far: ids that repeat, jump
+    back and differ between rows."""
+    return (3 * len(generated) + 5 * i + generated[-1]) % 13
+
+
+def naive_positioned(
+    model: GPT, prompt: list[int], pos: list[int], i: int, n: int, eos_id: int, fn=toy_position
+) -> list[int]:
+    """Recompute the whole sequence every step with its full position ids, no cache."""
+    seq, ids, out = list(prompt), list(pos), []
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(model(torch.tensor([seq]), torch.tensor([ids]))[0, -1].argmax())
+            if nxt == eos_id:
+                break
+            out.append(nxt)
+            seq.append(nxt)
+            ids.append(fn(i, out))
+    return out
+
+
+@pytest.mark.parametrize("name", POSITIONED)
+def test_given_positions_batched_equals_alone_equals_naive(name: str):
+    model = make(**dict(CASES)[name])
+    ps = prompts(LENGTHS, seed=5)
+    g = torch.Generator().manual_seed(1)
+    pos = [torch.randint(0, 12, (len(p),), generator=g).tolist() for p in ps]
+    n = 8
+    naive = [
+        naive_positioned(model, p, q, i, n, EOS)
+        for i, (p, q) in enumerate(zip(ps, pos, strict=True))
+    ]
+    batched = greedy_generate(
+        model, ps, n, EOS, batch_size=3, prompt_positions=pos, position_fn=toy_position
+    )
+    alone = [
+        greedy_generate(
+            model,
+            [p],
+            n,
+            EOS,
+            prompt_positions=[q],
+            position_fn=lambda _, g, i=i: toy_position(i, g),
+        )[0]
+        for i, (p, q) in enumerate(zip(ps, pos, strict=True))
+    ]
+    assert batched == naive
+    assert alone == naive
+    if name != "fire":  # (FIRE at initialization barely tells ids below 512 apart)
+        # the ids matter: positions 0, 1, ... give other tokens
+        assert greedy_generate(model, ps, n, EOS, batch_size=3) != naive
+
+
+def test_given_positions_are_checked():
+    model = make(position="rope")
+    with pytest.raises(ValueError, match="2 position ids for 3 tokens"):
+        greedy_generate(model, [[1, 2, 3]], 2, EOS, prompt_positions=[[0, 1]])
+    with pytest.raises(ValueError, match="position lists"):
+        greedy_generate(model, [[1, 2, 3]], 2, EOS, prompt_positions=[[0, 1, 2], [0]])
+
+
+def test_position_fn_sees_each_rows_tokens_once_in_order():
+    model = make(position="relative_bias", max_distance=5)
+    ps = prompts(LENGTHS, seed=2)
+    calls: dict[int, list[list[int]]] = {}
+
+    def record(i: int, generated: list[int]) -> int:
+        calls.setdefault(i, []).append(list(generated))
+        return len(generated)
+
+    out = greedy_generate(model, ps, 6, EOS, batch_size=4, position_fn=record)
+    for i, row in enumerate(out):
+        # one call per fed token: every generated token but the last (never fed back) ...
+        fed = row if len(row) < 6 else row[:-1]
+        assert calls.get(i, []) == [fed[: k + 1] for k in range(len(fed))]
+
+
+def coupled_items(n: int = 12):
+    from lengthwise.tasks import generate_items, get_task
+
+    task = get_task("addition")
+    return task, list(generate_items(task, (1, 6), n, "coupled", seed=4))
+
+
+def test_greedy_with_positions_uses_the_task_ids():
+    """LengthwiseLM.greedy_with_positions == a naive loop whose ids come from the task's rule
+    applied to the text so far (special tokens read as non-digits)."""
+    lm = make_lm("relative_bias", max_distance=8, window=3)
+    task, items = coupled_items()
+    ps = [it.prompt for it in items]
+    n = 8
+    got = lm.greedy_with_positions(ps, task.positions_for, n, batch_size=5)
+
+    def char(t: int) -> str:
+        c = lm.decode([t])
+        return c if len(c) == 1 else "\0"
+
+    want = []
+    for i, p in enumerate(ps):
+        fn = lambda _, gen, p=p: task.positions_for(p, "".join(char(t) for t in gen))[-1]  # noqa: E731
+        ids = naive_positioned(
+            lm.model, lm.encode(p), task.positions_for(p, ""), i, n, lm.eos_id, fn
+        )
+        want.append(lm.decode(ids))
+    assert got == want
+    assert got != lm.greedy(ps, n, batch_size=5)  # coupled ids change what the model writes
+    assert any(sum(c.isdigit() for c in g) >= 2 for g in got)  # digit runs got ids 1, 2, ...
+    with pytest.raises(ValueError, match="one token per character"):
+        lm.greedy_with_positions(["12+3="], lambda p, c: [0] * (len(p) + len(c) - 1), 3)
+
+
+def test_score_items_decodes_coupled_items_with_their_positions():
+    from lengthwise.eval.accuracy import score_items
+
+    lm = make_lm("relative_bias", max_distance=8, window=3)
+    task, items = coupled_items()
+    calls = []
+
+    class Spy(LengthwiseLM):
+        def greedy(self, *args, **kw):
+            calls.append("greedy")
+            return super().greedy(*args, **kw)
+
+        def greedy_with_positions(self, *args, **kw):
+            calls.append("positions")
+            return super().greedy_with_positions(*args, **kw)
+
+    spy = Spy(lm.model, lm.tokenizer)
+    score = score_items(spy, task, items, batch_size=5)
+    budget = max(len(it.completion) for it in items) + 1
+    assert calls == ["positions"]
+    assert score.outputs == lm.greedy_with_positions(
+        [it.prompt for it in items], task.positions_for, budget, batch_size=5
+    )
+    calls.clear()
+    rev = [task.render(tuple(int(t) for t in it.terms), "reversed") for it in items]
+    assert score_items(spy, task, rev, batch_size=5).total == len(items)
+    assert calls == ["greedy"]  # no positions, plain decoding
+
+    class Plain:  # an EvalLM without greedy_with_positions (e.g. a Hugging Face model)
+        name, eos_id = "plain", lm.eos_id
+        encode, decode = lm.encode, lm.decode
+
+        def greedy(self, prompts, max_new_tokens, batch_size=64):
+            return lm.greedy(prompts, max_new_tokens, batch_size=batch_size)
+
+    plain = score_items(Plain(), task, items, batch_size=5)
+    assert plain.outputs == lm.greedy([it.prompt for it in items], budget, batch_size=5)

@@ -49,12 +49,20 @@ def _segment_ordinals(row: np.ndarray) -> np.ndarray:
 
 
 def assemble(
-    tokens: np.ndarray, plan: StepPlan, pad_id: int, prompt_end: np.ndarray | None = None
+    tokens: np.ndarray,
+    plan: StepPlan,
+    pad_id: int,
+    prompt_end: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
+    position_offset: np.ndarray | None = None,
 ) -> Batch:
     """Gather a plan's tokens into a `Batch` (see `lengthwise.batch` for the conventions).
 
     `prompt_end[d]`: store offset where document d's completion starts (task data); tokens
-    before it are prompt and are never targets."""
+    before it are prompt and are never targets. `positions`: a position id per store token
+    (positions.bin of a coupled task store), used instead of ids counted from each segment's
+    start (or the row's start); `position_offset` (n_rows,) is then added to every real token
+    of each row (padding keeps id 0)."""
     B, T = plan.n_rows, plan.seq_len
     width = T + 1
     buf = np.full((B, width), pad_id, dtype=np.int64)
@@ -70,7 +78,13 @@ def assemble(
         flat = plan.row[seg_of_token] * width + col
         buf.flat[flat] = np.asarray(tokens[plan.src[seg_of_token] + within], dtype=np.int64)
         seg.flat[flat] = _segment_ordinals(plan.row)[seg_of_token]
-        pos.flat[flat] = within if plan.restart_positions else col
+        if positions is not None:
+            ids = np.asarray(positions[plan.src[seg_of_token] + within], dtype=np.int64)
+            if position_offset is not None:
+                ids += np.asarray(position_offset, dtype=np.int64)[plan.row[seg_of_token]]
+            pos.flat[flat] = ids
+        else:
+            pos.flat[flat] = within if plan.restart_positions else col
         if prompt_end is not None:
             at = plan.src[seg_of_token] + within
             prompt.flat[flat] = at < prompt_end[plan.doc[seg_of_token]]

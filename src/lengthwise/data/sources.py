@@ -40,6 +40,8 @@ class Document:
     text: str
     origin: str  # "path", "path:line", "path#row" or "task:name#i", for messages
     prompt_chars: int = 0  # task items: text[:prompt_chars] is the prompt (no loss)
+    # coupled task items: a position id per character of text, then one for EOS (Item.positions)
+    positions: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -100,7 +102,7 @@ def source_fingerprint(cfg: SourceConfig) -> str:
         fields = {**cfg.model_dump(mode="json"), "lengthwise": __version__}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
     root = _root(cfg)
-    fields = cfg.model_dump(mode="json")
+    fields = cfg.model_dump(mode="json", exclude_defaults=True)  # new fields keep old stores valid
     fields["path"] = str(root.resolve())  # a relative path means different data from another cwd
     h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     for f in source_files(cfg):
@@ -172,13 +174,15 @@ def task_source_items(cfg: SourceConfig) -> Iterator[Any]:
 
 
 def _task_documents(cfg: SourceConfig, stats: SourceStats) -> Iterator[Document]:
-    """One document per task item: prompt (no loss) + completion."""
+    """One document per task item: prompt (no loss) + completion, and the item's position ids
+    (coupled format)."""
     items = task_source_items(cfg)
 
     def documents() -> Iterator[Document]:
         for i, item in enumerate(items):
             stats.docs += 1
-            yield Document(item.prompt + item.completion, f"task:{item.task}#{i}", len(item.prompt))
+            text = item.prompt + item.completion
+            yield Document(text, f"task:{item.task}#{i}", len(item.prompt), item.positions)
 
     return documents()
 

@@ -6,6 +6,11 @@ Layout of a store directory (nanoGPT's uint16 .bin, plus document boundaries):
   doc_offsets.npy  int64, n_docs + 1 entries: document i is tokens[off[i]:off[i+1]]
   prompt_lens.npy  int32 per document, task stores only: leading tokens that are the task's
                    prompt (no loss; see lengthwise.data.plan.assemble)
+  positions.bin    int32 per token, parallel to tokens.bin, stores of a task source in the
+                   `coupled` format only: the task's position id of every token (Item.positions;
+                   a BOS gets 0), which batches use instead of positions counted from each
+                   document start. Character ids are token ids only with a character
+                   tokenizer, so any other tokenizer is refused.
   meta.json        tokenizer hash, counts, source description and fingerprint, sha256 of the files
 
 A store is built in a temporary directory beside its destination and renamed into place, so an
@@ -71,6 +76,12 @@ class TokenStore:
         self.offsets = np.load(self.path / "doc_offsets.npy", allow_pickle=False)
         if self.offsets.shape != (self.meta["n_docs"] + 1,) or self.offsets[-1] != n_tokens:
             raise UserError(f"{self.path / 'doc_offsets.npy'}: does not match meta.json")
+        self.positions: np.ndarray | None = None
+        if self.meta.get("has_positions"):
+            pos_path = self.path / "positions.bin"
+            if not pos_path.is_file() or pos_path.stat().st_size != n_tokens * 4:
+                raise UserError(f"{pos_path}: missing or truncated (expected {n_tokens} ids)")
+            self.positions = np.memmap(pos_path, dtype=np.int32, mode="r", shape=(n_tokens,))
         self.prompt_lens: np.ndarray | None = None
         if self.meta.get("has_prompts"):
             self.prompt_lens = np.load(self.path / "prompt_lens.npy", allow_pickle=False)
@@ -112,9 +123,27 @@ def _batched(it: Iterator, n: int) -> Iterator[list]:
         yield batch
 
 
+Doc = str | tuple[str, str] | tuple[str, str, tuple[int, ...]]
+
+
+def _check_positions(dest: Path, doc: tuple, prompt: list[int], rest: list[int]) -> None:
+    """A coupled document's ids are per character: refuse a tokenizer that does not make one
+    token per character."""
+    p, c, pos = doc
+    if len(pos) != len(p) + len(c) + 1:
+        raise ValueError(f"{len(pos)} position ids for {len(p) + len(c)} characters and EOS")
+    for text, ids in ((p, prompt), (c, rest)):
+        if len(ids) != len(text):
+            raise UserError(
+                f"{dest}: the 'coupled' format gives a position id per character, which needs "
+                f"a character tokenizer (data.tokenizer.kind: char); this one makes "
+                f"{len(ids)} tokens of the {len(text)} characters of {text!r}"
+            )
+
+
 def write_store(
     dest: Path,
-    docs: Iterator[str | tuple[str, str]],
+    docs: Iterator[Doc],
     tok: Tokenizer,
     source: dict,
     stats: SourceStats | None = None,
@@ -125,28 +154,43 @@ def write_store(
     """Encode documents shard by shard into a new store at `dest` (atomic). Returns meta.
 
     A document is a text, or a task item (prompt, completion): the two are encoded separately
-    (so the boundary is a token boundary) and the prompt's length is recorded. `stats` is
+    (so the boundary is a token boundary) and the prompt's length is recorded; or a coupled
+    task item (prompt, completion, positions), whose ids go to positions.bin. `stats` is
     filled by the document iterator while it is consumed; its final counts go into meta.json."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
     dtype = np.dtype(token_dtype(tok.vocab_size))
     offsets = [0]
     prompt_lens: list[int] = []
-    digest = hashlib.sha256()
+    digest, pos_digest = hashlib.sha256(), hashlib.sha256()
+    has_positions: bool | None = None  # decided by the first document
     start = time.perf_counter()
     # disable=None: no bar when stderr is not a terminal (logs, CI), so errors stay one line.
     bar = tqdm(
         desc=f"prepare {dest.name}", unit=" docs", disable=None if progress else True, leave=False
     )
     try:
-        with open(tmp / "tokens.bin", "wb") as out:
+        with open(tmp / "tokens.bin", "wb") as out, open(tmp / "positions.bin", "wb") as pos_out:
             for shard in _batched(docs, shard_docs):
                 prefix = [tok.bos_id] if bos else []
+                if has_positions is None:
+                    has_positions = isinstance(shard[0], tuple) and len(shard[0]) == 3
+                if any((isinstance(d, tuple) and len(d) == 3) != has_positions for d in shard):
+                    raise UserError(f"{dest}: documents with and without position ids mixed")
                 if isinstance(shard[0], tuple):
-                    prompts = tok.encode_batch([p for p, _ in shard])
-                    rest = tok.encode_batch([c for _, c in shard])
+                    prompts = tok.encode_batch([d[0] for d in shard])
+                    rest = tok.encode_batch([d[1] for d in shard])
                     encoded = [p + c for p, c in zip(prompts, rest, strict=True)]
                     prompt_lens.extend(len(prefix) + len(p) for p in prompts)
+                    if has_positions:
+                        for d, p, c in zip(shard, prompts, rest, strict=True):
+                            _check_positions(dest, d, p, c)
+                        ids = np.fromiter(
+                            (i for d in shard for i in (*[0] * len(prefix), *d[2])),
+                            dtype=np.int32,
+                        ).tobytes()
+                        pos_out.write(ids)
+                        pos_digest.update(ids)
                 else:
                     encoded = tok.encode_batch(shard)
                     prompt_lens.extend([0] * len(shard))
@@ -169,6 +213,10 @@ def write_store(
             "tokens.bin": digest.hexdigest(),
             "doc_offsets.npy": _sha256_file(tmp / "doc_offsets.npy"),
         }
+        if has_positions:
+            sha["positions.bin"] = pos_digest.hexdigest()
+        else:
+            (tmp / "positions.bin").unlink()
         has_prompts = any(prompt_lens)
         if has_prompts:
             np.save(tmp / "prompt_lens.npy", np.asarray(prompt_lens, np.int32), allow_pickle=False)
@@ -180,6 +228,7 @@ def write_store(
             "n_docs": len(lengths),
             "n_tokens": int(offsets_arr[-1]),
             "has_prompts": has_prompts,
+            "has_positions": bool(has_positions),
             "doc_len": {
                 "min": int(lengths.min()) if len(lengths) else 0,
                 "median": float(np.median(lengths)) if len(lengths) else 0.0,
@@ -205,13 +254,19 @@ def write_store(
         raise
 
 
-def _texts(src: SourceConfig, stats: SourceStats) -> Iterator[str | tuple[str, str]]:
-    """Documents as write_store takes them: texts, or (prompt, completion) for task items."""
+def _texts(src: SourceConfig, stats: SourceStats) -> Iterator[Doc]:
+    """Documents as write_store takes them: texts, (prompt, completion) for task items, and
+    (prompt, completion, positions) for coupled task items."""
     for d in iter_documents(src, stats):
-        yield (d.text[: d.prompt_chars], d.text[d.prompt_chars :]) if d.prompt_chars else d.text
+        if d.positions is not None:
+            yield d.text[: d.prompt_chars], d.text[d.prompt_chars :], d.positions
+        elif d.prompt_chars:
+            yield d.text[: d.prompt_chars], d.text[d.prompt_chars :]
+        else:
+            yield d.text
 
 
-def _joined(docs: Iterator[str | tuple[str, str]]) -> Iterator[str]:
+def _joined(docs: Iterator[Doc]) -> Iterator[str]:
     return (d if isinstance(d, str) else d[0] + d[1] for d in docs)
 
 
@@ -266,6 +321,13 @@ def prepare(cfg: DataConfig, overwrite: bool = False, progress: bool = True) -> 
     tokenizer, or from inputs that changed, is an error unless `overwrite`; all of this is
     checked before anything is written, so a refused run changes nothing.
     """
+    if cfg.tokenizer.kind == "bpe":  # refuse before training a BPE for nothing
+        for split, src in cfg.splits.items():
+            if src.kind == "task" and src.format == "coupled":
+                raise UserError(
+                    f"split '{split}': the 'coupled' format gives a position id per character, "
+                    "which needs a character tokenizer (data.tokenizer.kind: char)"
+                )
     tok, tok_is_new = resolve_tokenizer(cfg, progress=progress)
     fingerprints = {split: source_fingerprint(src) for split, src in cfg.splits.items()}
     existing = {split for split in cfg.splits if (cfg.out_dir / split / "meta.json").is_file()}

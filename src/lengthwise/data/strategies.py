@@ -440,8 +440,17 @@ def build_strategy(
     rank: int = 0,
     world_size: int = 1,
     prompt_lens: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
 ) -> Strategy:
-    """The strategy `cfg.strategy` names, over one token store, for one rank."""
+    """The strategy `cfg.strategy` names, over one token store, for one rank. `prompt_lens`
+    and `positions`: the store's (TokenStore.prompt_lens, TokenStore.positions)."""
     return STRATEGIES[cfg.strategy](
-        tokens, offsets, cfg, pad_id, rank=rank, world_size=world_size, prompt_lens=prompt_lens
+        tokens,
+        offsets,
+        cfg,
+        pad_id,
+        rank=rank,
+        world_size=world_size,
+        prompt_lens=prompt_lens,
+        positions=positions,
     )

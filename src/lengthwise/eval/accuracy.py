@@ -3,6 +3,11 @@
 Every item counts in the denominator: an answer that does not parse is wrong, and the parse
 rate is reported next to the accuracy (Scylla drops unparseable answers from the denominator,
 which inflates accuracy; we do not).
+
+Items that carry position ids (the `coupled` format, `Item.positions`) are decoded with the
+task's ids (`lm.greedy_with_positions`, which a lengthwise GPT has) so that generation sees the
+positions training saw. An EvalLM without that method (a Hugging Face model) ignores coupling
+and decodes the same text with its own positions.
 """
 
 from __future__ import annotations
@@ -52,9 +57,17 @@ def score_items(
     max_new_tokens: int | None = None,
     batch_size: int = 64,
 ) -> TaskScore:
-    """Greedy answers to every item, checked by the task."""
+    """Greedy answers to every item, checked by the task (with the task's position ids when
+    the items carry them and the model can use them)."""
     budget = max_new_tokens or answer_budget(lm, items)
-    outputs = lm.greedy([it.prompt for it in items], budget, batch_size=batch_size)
+    prompts = [it.prompt for it in items]
+    coupled = bool(items) and all(it.positions is not None for it in items)
+    if coupled and hasattr(lm, "greedy_with_positions"):
+        outputs = lm.greedy_with_positions(
+            prompts, task.positions_for, budget, batch_size=batch_size
+        )
+    else:
+        outputs = lm.greedy(prompts, budget, batch_size=batch_size)
     score = TaskScore()
     for item, out in zip(items, outputs, strict=True):
         parsed, correct = task.check(item, out)

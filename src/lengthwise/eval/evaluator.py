@@ -121,6 +121,7 @@ class Evaluator:
                     reduce=self.reduce,
                     autocast=self.autocast,
                     prompt_lens=store.prompt_lens,
+                    positions=store.positions,
                 )
                 metrics[f"{s.name}/loss"], metrics[f"{s.name}/ppl"] = out["loss"], out["ppl"]
             else:

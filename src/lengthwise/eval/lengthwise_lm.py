@@ -2,6 +2,10 @@
 tokenizer, from live objects or from an export folder (`lengthwise export`).
 
 - `greedy`: batched greedy decoding with a KV cache (lengthwise/eval/generate.py).
+- `greedy_with_positions`: the same with a task's position ids (the `coupled` format: prompt
+  and each generated character get the ids the task's rule gives the text so far). Not part of
+  the EvalLM protocol: `score_items` uses it where a model has it; other models (Hugging Face)
+  decode coupled items as plain text with their own positions.
 - `loglikelihood`: context + continuation in one forward per batch (right-padded: causal
   attention never lets a real token see the padding after it), split as lm-eval-harness does
   (trailing spaces of the context move to the continuation, the continuation's tokens are those
@@ -13,6 +17,7 @@ tokenizer, from live objects or from an export folder (`lengthwise export`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -68,6 +73,49 @@ class LengthwiseLM:
             eos_id=self.eos_id,
             batch_size=batch_size,
             pad_id=self.tokenizer.pad_id,
+        )
+        return [self.decode(o) for o in out]
+
+    def greedy_with_positions(
+        self,
+        prompts: list[str],
+        positions_for: Callable[[str, str], list[int]],
+        max_new_tokens: int,
+        batch_size: int = 64,
+    ) -> list[str]:
+        """`greedy` with task position ids: `positions_for(prompt, completion_so_far)` gives an
+        id per character (Task.positions_for); the prompt's ids come from
+        positions_for(prompt, ""), each generated token's from the text generated so far
+        (its last id). Character ids are token ids, so this needs a character tokenizer; a
+        generated token that is not one character (a special token) reads as a non-digit."""
+        ids = [self.encode(p) for p in prompts]
+        prompt_pos = [list(positions_for(p, "")) for p in prompts]
+        for p, i, pos in zip(prompts, ids, prompt_pos, strict=True):
+            if not i or len(i) != len(p) or len(pos) != len(p):
+                raise ValueError(
+                    f"task position ids need one token per character (a character tokenizer); "
+                    f"prompt {p!r} is {len(i)} tokens"
+                )
+        chars: dict[int, str] = {}
+
+        def char(t: int) -> str:
+            if t not in chars:
+                c = self.decode([t])
+                chars[t] = c if len(c) == 1 else "\0"  # not a character of any task
+            return chars[t]
+
+        def position_fn(i: int, generated: list[int]) -> int:
+            return positions_for(prompts[i], "".join(char(t) for t in generated))[-1]
+
+        out = greedy_generate(
+            self.model,
+            ids,
+            max_new_tokens,
+            eos_id=self.eos_id,
+            batch_size=batch_size,
+            pad_id=self.tokenizer.pad_id,
+            prompt_positions=prompt_pos,
+            position_fn=position_fn,
         )
         return [self.decode(o) for o in out]
 

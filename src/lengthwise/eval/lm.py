@@ -22,7 +22,8 @@ class EvalLM(Protocol):
 
     def greedy(self, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
         """Greedy continuation of each prompt, stopped at EOS (not included) or after
-        `max_new_tokens`; batched, with a KV cache."""
+        `max_new_tokens`; batched, with a KV cache. (A model that can decode with task
+        position ids also has `greedy_with_positions`, see LengthwiseLM; it is optional.)"""
         ...
 
     def loglikelihood(

@@ -1,9 +1,10 @@
 """Held-out loss and perplexity on a token store, identical whatever strategy trained the model.
 
 Documents are read in store order and cut into rows of at most `seq_len` tokens (each row one
-document piece, positions from 0), so every model is scored on the same predictions. Rows are
-sorted by length and batched by `batch_tokens` to keep padding low. In a distributed run each
-rank scores every W-th row and the sums are all-reduced by the caller-supplied `reduce`.
+document piece, positions from 0, or the stored ids of a coupled task store), so every model is
+scored on the same predictions. Rows are sorted by length and batched by `batch_tokens` to keep
+padding low. In a distributed run each rank scores every W-th row and the sums are all-reduced
+by the caller-supplied `reduce`.
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ def evaluate_loss(
     reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
     autocast: Callable[[], object] | None = None,
     prompt_lens: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Mean next-token loss (nats) and perplexity over the rows of `eval_rows`. With
-    `prompt_lens` (task stores), prompt tokens are not scored, as in training."""
+    `prompt_lens` (task stores), prompt tokens are not scored, as in training. With
+    `positions` (a position id per token: TokenStore.positions of a coupled task store), the
+    rows' position ids are the stored ones (no training offset) instead of 0, 1, ..."""
     was_training = model.training
     model.eval()
     starts, lens = eval_rows(offsets, seq_len, max_tokens)
@@ -64,18 +68,23 @@ def evaluate_loss(
         i += n
         ids = np.full((max(len(rows), 1), T), pad_id, dtype=np.int64)
         tgt = np.full((max(len(rows), 1), T), IGNORE_INDEX, dtype=np.int64)
+        pos = None if positions is None else np.zeros((max(len(rows), 1), T), dtype=np.int64)
         for r, row in enumerate(rows):
             piece = np.asarray(tokens[starts[row] : starts[row] + lens[row]], dtype=np.int64)
             ids[r, : len(piece)] = piece
             tgt[r, : len(piece) - 1] = piece[1:]
+            if pos is not None:
+                pos[r, : len(piece)] = positions[starts[row] : starts[row] + lens[row]]
             if prompt_lens is not None:  # target at column c is the token at starts + c + 1
                 doc = int(np.searchsorted(offsets, starts[row], side="right")) - 1
                 n_prompt = int(offsets[doc] + prompt_lens[doc] - starts[row]) - 1
                 tgt[r, : max(n_prompt, 0)] = IGNORE_INDEX
         x = torch.from_numpy(ids).to(device)
         y = torch.from_numpy(tgt).to(device)
+        # no position_ids argument at all without stored ids: any module(x, targets=) works
+        kw = {} if pos is None else {"position_ids": torch.from_numpy(pos).to(device)}
         with autocast() if autocast else torch.autocast(device.type, enabled=False):
-            loss_sum = model(x, targets=y)
+            loss_sum = model(x, targets=y, **kw)
         total[0] += loss_sum.double()
         total[1] += (y != IGNORE_INDEX).sum()
     total = reduce(total)

@@ -23,7 +23,7 @@ scratchpad lists the running parity after each bit::
     scratchpad   parity:1011=          -> 1;1;0;1|1
     index_hints  parity:a1b0c1d1=      -> 1
 
-addition (O(N); all four formats), two `length`-digit operands. The scratchpad goes from the
+addition (O(N); all five formats), two `length`-digit operands. The scratchpad goes from the
 units up, one step ``x+y+carry=sum`` per digit (the sum's last digit is written, its tens digit
 is the next carry). With ``pad=True`` the answer always has length+1 digits (leading zero kept)::
 
@@ -32,9 +32,11 @@ is the next carry). With ``pad=True`` the answer always has length+1 digits (lea
     scratchpad   123+45=               -> 3+5+0=8;2+4+0=6;1+0+0=1|168
     scratchpad   999+1=                -> 9+1+0=10;9+0+1=10;9+0+1=10|1000
     index_hints  c1b2a3+b4a5=          -> c1b6a8
+    coupled      321+54=               -> 861     (text of reversed, plus position ids)
+                 1 2 3 0 1 2 0         -> 1 2 3 0 (the last id is EOS's)
     (pad=True)   123+456=              -> 0579
 
-multiplication (O(N..N^2); all four formats), a `length`-digit times a `k`-digit operand
+multiplication (O(N..N^2); all five formats), a `length`-digit times a `k`-digit operand
 (parameter k, default 1). The scratchpad lists one partial product per digit of the second
 operand, from the units up (the digit times its place value), and the answer is their sum::
 
@@ -42,6 +44,16 @@ operand, from the units up (the digit times its place value), and the answer is 
     reversed     321*54=               -> 5355
     scratchpad   123*45=               -> 123*5=615;123*40=4920|5535
     index_hints  c1b2a3*b4a5=          -> d5c5b3a5
+    coupled      321*54=               -> 5355
+                 1 2 3 0 1 2 0         -> 1 2 3 4 0
+
+Coupled position ids (registry.coupled_ids, both tasks): the j-th least significant digit of
+each operand and of the answer gets id j, every other character and EOS get 0, so the digits
+that combine into an answer digit of addition share its id (a_j, b_j -> c_j, with the carry from
+id j - 1). Multiplication follows the same rule, but answer digit j depends on every pair
+(a_i, b_{j+1-i}), so the ids align only some of its inputs with it (with k = 1: a_j, while b's one
+digit sits at id 1, out of reach of a position window (model.window) for j > window). Addition is
+the task position coupling is made for.
 
 Problems passed to `render`: a digit string (copy, reverse), a bit string (parity), a pair of
 non-negative ints (addition, multiplication).
@@ -56,6 +68,7 @@ from typing import Any
 from lengthwise.tasks.registry import (
     Item,
     Task,
+    coupled_ids,
     hint_number,
     hint_string,
     is_digits,
@@ -152,11 +165,14 @@ class Parity(_DigitString):
 
 
 class _Arithmetic(Task):
-    formats = ("direct", "reversed", "scratchpad", "index_hints")
+    formats = ("direct", "reversed", "scratchpad", "index_hints", "coupled")
     op: str
 
+    def positions_for(self, prompt: str, completion: str) -> list[int]:
+        return coupled_ids(prompt + completion)
+
     def _number(self, digits: str, fmt: str) -> str:
-        if fmt == "reversed":
+        if fmt in ("reversed", "coupled"):
             return digits[::-1]
         if fmt == "index_hints":
             return hint_number(digits)

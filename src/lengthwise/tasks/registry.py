@@ -1,6 +1,6 @@
 """The task contract: `Item`, the `Task` base class, the registry, `generate_items`, `alphabet`.
 
-A task draws a *problem* at a given length (`Task.sample`), renders it in one of four formats
+A task draws a *problem* at a given length (`Task.sample`), renders it in one of its formats
 (`Task.render` -> `Item`) and checks a model's generated completion against it (`Task.check`).
 Everything here is pure Python and deterministic from a seed; the package sits at the bottom of
 the import graph (no torch, no lengthwise.data/model/train).
@@ -20,6 +20,23 @@ Shared syntax (character-level, every character is in `alphabet()`):
                    reverse, parity) it names the position from the left. Hints run ``a``-``z``
                    then ``A``-``Z`` and wrap around after 52 positions.
                                                       ``c1b2a3+b4a5=`` -> ``c1b6a8``
+- ``coupled``      the text of ``reversed`` plus position ids (position coupling, Cho et al. 2024,
+                   arXiv 2405.20671): ``Item.positions`` gives every character of prompt +
+                   completion, then EOS, an id. Each maximal run of digits is a number written
+                   least-significant digit first, so its j-th digit (1-based) has significance j
+                   and gets id j: digits of equal significance share an id across operands and
+                   answer. Every other character (``+``, ``*``, ``=``, a task prefix) and the EOS
+                   that ends the document get id 0::
+
+                       text  3 2 1 + 5 4 = 8 6 1 <eos>      (123 + 45 = 168)
+                       ids   1 2 3 0 1 2 0 1 2 3 0
+
+                   The ids are canonical (no offset); the paper's random starting id is a
+                   training-time shift of every id of a row (batching.position_offset_max),
+                   which keeps equal ids equal and differences unchanged. The rule reads the
+                   text alone, so `Task.positions_for(prompt, completion_so_far)` gives
+                   generation the id of each character as it is written (the k-th answer digit
+                   gets id k). Only tasks whose `formats` list ``coupled`` implement it.
 
 `check` returns ``(parsed, correct)``: ``parsed`` is False when the text (whitespace stripped)
 does not fit the answer grammar of the item's format (``12a`` for a number, empty text, a
@@ -38,7 +55,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-FORMATS = ("direct", "reversed", "scratchpad", "index_hints")
+FORMATS = ("direct", "reversed", "scratchpad", "index_hints", "coupled")
 
 # The complexity ladder after Scylla (arXiv 2410.01769): complexity class -> level.
 COMPLEXITIES = ("O(N)", "O(N..N^2)", "O(N^2..N^3)", "O(N^3..N^4)", "O(2^N)")
@@ -49,6 +66,8 @@ STEP_SEP = ";"  # between scratchpad steps
 ANSWER_SEP = "|"  # between the scratchpad steps and the final answer
 LIST_SEP = ","  # between list elements
 PUNCTUATION = "+*=:,;|-"  # every non-alphanumeric character a task may write
+
+EOS_POSITION = 0  # coupled format: the id of the EOS that ends every document
 
 MAX_TRIES = 1000  # fresh-item attempts per item before generate_items gives up
 
@@ -69,6 +88,9 @@ class Item:
     answer: str  # the final answer text, as it appears at the end of `completion`
     key: str  # the problem's identity, the same in every format (e.g. "addition:123+45")
     terms: tuple[str, ...]  # operands as decimal strings, or list numbers
+    # ``coupled`` format only: a position id per character of prompt + completion, then one for
+    # the EOS the token store appends (len(prompt) + len(completion) + 1 values); else None
+    positions: tuple[int, ...] | None = None
 
 
 class _Bad:
@@ -121,6 +143,12 @@ class Task:
         after the last separator) in format `fmt`, or None when it does not parse."""
         raise NotImplementedError
 
+    def positions_for(self, prompt: str, completion: str) -> list[int]:
+        """``coupled`` position ids of every character of `prompt` + `completion` (one id per
+        character; `completion` may be partial, as during generation, and the ids of its
+        characters never depend on what follows them). Tasks without the format raise."""
+        raise ValueError(f"task '{self.name}' has no format 'coupled'")
+
     # --- shared ------------------------------------------------------------------------------
 
     def check(self, item: Item, generated: str) -> tuple[bool, bool]:
@@ -161,7 +189,12 @@ class Task:
         completion = answer
         if fmt == "scratchpad":
             completion = STEP_SEP.join(steps) + ANSWER_SEP + answer
-        return Item(self.name, length, fmt, prompt, completion, answer, key, tuple(terms))
+        positions = None
+        if fmt == "coupled":
+            positions = (*self.positions_for(prompt, completion), EOS_POSITION)
+        return Item(
+            self.name, length, fmt, prompt, completion, answer, key, tuple(terms), positions
+        )
 
 
 # --- registry ----------------------------------------------------------------------------------
@@ -288,8 +321,19 @@ def split_hinted(text: str) -> tuple[str, str] | None:
     return text[0::2], text[1::2]
 
 
+def coupled_ids(text: str) -> list[int]:
+    """The ``coupled`` rule: the j-th digit (1-based) of each maximal run of digits gets id j,
+    every other character 0. "321+54=861" -> [1, 2, 3, 0, 1, 2, 0, 1, 2, 3]."""
+    ids, run = [], 0
+    for c in text:
+        run = run + 1 if c in string.digits else 0
+        ids.append(run)
+    return ids
+
+
 def parse_number(text: str, fmt: str) -> int | _Bad | None:
-    """A non-negative integer written in `fmt` (scratchpad answers are written as direct)."""
+    """A non-negative integer written in `fmt` (scratchpad answers are written as direct;
+    coupled as reversed)."""
     if fmt == "index_hints":
         parts = split_hinted(text)
         if parts is None:
@@ -298,7 +342,7 @@ def parse_number(text: str, fmt: str) -> int | _Bad | None:
         return int(digits) if hint_number(digits)[0::2] == hints else BAD
     if not _DIGITS.fullmatch(text):
         return None
-    return int(text[::-1] if fmt == "reversed" else text)
+    return int(text[::-1] if fmt in ("reversed", "coupled") else text)
 
 
 def parse_int_list(text: str) -> tuple[int, ...] | None:

@@ -148,6 +148,7 @@ class Trainer:
             self.dist.rank,
             self.dist.world_size,
             prompt_lens=store.prompt_lens,
+            positions=store.positions,
         )
         self.loader = BatchLoader(strategy)
         self.autocast = autocast_for(cfg, self.device)
@@ -306,7 +307,7 @@ class Trainer:
             "slots": rows * T * world,
             "targets": int(n_global),
             "pad_fraction": float((batch.input_ids == self.pad_id).float().mean()),
-            "reg": float(reg) if reg is not None else 0.0,
+            "reg": float(reg.detach()) if reg is not None else 0.0,
             "micro_batches": n_micro,
         }
 
