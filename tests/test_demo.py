@@ -98,8 +98,10 @@ def test_budget_plan_fits_ten_minutes_and_builds_valid_configs(tmp_path):
     task_over = demo.task_overrides(budget, tmp_path / "t", 1_048_576, base)
     task = demo.demo_config(d.root, demo.TASK_CONFIG, task_over)
     assert task.monitor.early_stopping.enabled and task.monitor.restore_best
-    assert [s.n for s in task.eval.sets] == [budget.task_eval_n] * 3
-    assert [s.lengths for s in task.eval.sets] == [[1, 8], [9, 16], [17, 32]]
+    task_sets = [s for s in task.eval.sets if s.kind == "task"]
+    assert [s.n for s in task_sets] == [budget.task_eval_n] * 3
+    assert [s.lengths for s in task_sets] == [[1, 8], [9, 16], [17, 32]]
+    assert [s.tag for s in task_sets] == ["id", "ood", "ood"]
     assert task.model.position == "abacus"
 
 

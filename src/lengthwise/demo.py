@@ -43,10 +43,11 @@ from tqdm import tqdm
 
 from lengthwise.config import Config, load_config
 from lengthwise.errors import UserError
+from lengthwise.train.log import read_metrics
 
 TEXT_CONFIG = "configs/demo_text.yaml"
 TASK_CONFIG = "configs/demo_task.yaml"
-TEXT_STRATEGIES = (  # run name, batching overrides, what the summary calls it
+TEXT_STRATEGIES = (  # run name, batching overrides: the same model, data and token budget
     ("text_concat_chunk", ["batching.strategy=concat_chunk", "batching.curriculum.name=none"]),
     ("text_decomposition", ["batching.strategy=decomposition", "batching.curriculum.name=grow_p2"]),
 )
@@ -71,6 +72,7 @@ class Budget:
     text_max_len: int
     text_tokens_per_step: int
     text_tokens: int  # per text run (both runs get the same)
+    text_cycles: int  # grow_p2 cycles per epoch: the run covers TEXT_CYCLES_PER_RUN of them
     text_eval_every: int
     text_eval_tokens: int  # per eval set and eval
     text_suite_docs: int
@@ -87,6 +89,7 @@ QUICK = Budget(
     text_max_len=256,
     text_tokens_per_step=2048,
     text_tokens=4 * 2048,
+    text_cycles=64,
     text_eval_every=2 * 2048,
     text_eval_tokens=2048,
     text_suite_docs=2,
@@ -99,15 +102,19 @@ QUICK = Budget(
     reason="--quick: fixed tiny budgets (a smoke test of every stage, not a result)",
 )
 
-# Full demo. Shares of the time left after preparing and measuring (the rest is evals, suites,
-# the report and slack for a machine shared with other work); SAFETY discounts the measured
-# speed, which a short warm-up on random tokens overestimates.
-TEXT_SHARE = 0.29  # each text run
-TASK_SHARE = 0.22
-SAFETY = 0.8
+# Full demo. Each text run gets TEXT_SHARE of the time left after preparing and measuring, at
+# the measured speed discounted by SAFETY (a warm-up on random tokens is a little optimistic, and
+# the machine may be shared), less what its evals cost. The task run gets the time left when it
+# starts, less TASK_RESERVE_S for the closing stages; its evals add ~TASK_EVAL_OVERHEAD.
+TEXT_SHARE = 0.32
+SAFETY = 0.9
+TEXT_TOKENS_PER_STEP = 4096  # ~120 steps in the budget (16384, the config's, gives only ~30)
+TEXT_CYCLES_PER_RUN = 2  # grow_p2 cycles within the run (the config's 8 per epoch assume epochs)
 TEXT_EVALS = 3  # at 1/3, 2/3 and the end of each text run
-TEXT_MIN_TOKENS = 8 * 16384
-TASK_RESERVE_S = 25.0  # what the task suite, the report and the summary take after the task run
+TEXT_EVAL_TOKENS = 16384  # per eval set and eval: 16 windows of 1024 tokens
+TEXT_MIN_TOKENS = 24 * TEXT_TOKENS_PER_STEP
+TASK_RESERVE_S = 30.0  # the task's lengths suite, the report and the summary
+TASK_EVAL_OVERHEAD = 1.15
 
 
 @dataclass
@@ -232,6 +239,7 @@ def text_overrides(budget: Budget, run_dir: Path) -> list[str]:
         "train.checkpoint_every_tokens=0",  # the end only (and `best` by val/loss)
         f"batching.max_len={b.text_max_len}",
         f"batching.tokens_per_step={b.text_tokens_per_step}",
+        f"batching.curriculum.cycles={b.text_cycles}",
         f"schedule.warmup_tokens={_round_to(b.text_tokens / 10, b.text_tokens_per_step)}",
         f"eval.every_tokens={b.text_eval_every}",
         "eval.sets=" + json.dumps([s | {"tokens": b.text_eval_tokens} for s in TEXT_EVAL_SETS]),
@@ -337,21 +345,26 @@ def plan_budget(demo: Demo, speed: Speed) -> Budget:
     if demo.quick:
         demo.say(QUICK.reason)
         return QUICK
+    from lengthwise.data.store import TokenStore
+
     text = demo_config(demo.root, TEXT_CONFIG, [])
-    step, eval_tokens = text.batching.tokens_per_step, 32768
+    step = TEXT_TOKENS_PER_STEP
     left = demo.left()
-    # an eval reads 2 sets x eval_tokens forward only: ~1/3 of the cost of training on them
-    eval_cost = TEXT_EVALS * 2 * eval_tokens / 3
+    # an eval reads 2 sets x TEXT_EVAL_TOKENS, forward only: ~1/3 of the cost of training on them
+    eval_cost = TEXT_EVALS * 2 * TEXT_EVAL_TOKENS / 3
     raw = TEXT_SHARE * left * speed.text * SAFETY - eval_cost
     tokens = min(_round_to(raw, step * TEXT_EVALS), text.train.total_tokens)
     tokens = max(tokens, TEXT_MIN_TOKENS)
+    epoch = TokenStore(text.data.out_dir / "train").n_tokens
+    cycles = max(1, round(epoch / (tokens / TEXT_CYCLES_PER_RUN)))
     task = demo_config(demo.root, TASK_CONFIG, [])
     budget = Budget(
         text_max_len=text.batching.max_len,
         text_tokens_per_step=step,
         text_tokens=tokens,
+        text_cycles=cycles,
         text_eval_every=tokens // TEXT_EVALS,
-        text_eval_tokens=eval_tokens,
+        text_eval_tokens=TEXT_EVAL_TOKENS,
         text_suite_docs=8,
         task_tokens_per_step=task.batching.tokens_per_step,
         task_tokens_min=16 * task.batching.tokens_per_step,
@@ -360,15 +373,16 @@ def plan_budget(demo: Demo, speed: Speed) -> Budget:
         task_eval_n=100,
         task_suite_n=200,
         reason=(
-            f"{left:.0f}s left x {TEXT_SHARE:.0%} per text run x {speed.text:,.0f} tokens/s x "
-            f"{SAFETY} safety, less evals = {tokens:,} tokens per text run "
-            f"({tokens // step} steps of {step:,})"
+            f"text runs: {left:.0f}s left x {TEXT_SHARE:.0%} each x {speed.text:,.0f} tokens/s x "
+            f"{SAFETY} less evals = {tokens:,} tokens each ({tokens // step} steps of {step:,}); "
+            f"grow_p2 with {cycles} cycles per epoch, so {TEXT_CYCLES_PER_RUN} in the run"
         ),
     )
     demo.say(budget.reason)
+    rest = left * (1 - 2 * TEXT_SHARE) - TASK_RESERVE_S
     demo.say(
-        f"task run: the time left after the text runs (about {TASK_SHARE * left:.0f}s) at "
-        f"{speed.task:,.0f} tokens/s, at most {budget.task_tokens_max:,} tokens"
+        f"task run: the time left when it starts (~{rest:.0f}s if the text runs keep to plan) "
+        f"at {speed.task:,.0f} tokens/s, at most {budget.task_tokens_max:,} tokens"
     )
     return budget
 
@@ -393,7 +407,7 @@ def text_lengths(demo: Demo, budget: Budget, run: RunResult) -> None:
     demo.begin(
         f"lengths suite {run.name}: per-position loss on val out to 4x {budget.text_max_len}"
     )
-    expect = 3 if demo.quick else 25
+    expect = 2 if demo.quick else 6
     run.suite, run.suite_table = _lengths_suite(
         demo, run.run_dir, expect, text_split="val", n_docs=budget.text_suite_docs
     )
@@ -409,9 +423,9 @@ def train_task(demo: Demo, budget: Budget, speed: Speed) -> RunResult:
     base = demo_config(demo.root, TASK_CONFIG, [])
     if demo.quick:
         tokens = budget.task_tokens_min
-    else:  # training plus evals (~1/4 on top): the time left less the closing stages
+    else:  # training plus its evals in the time left, less the closing stages
         seconds = demo.left() - TASK_RESERVE_S
-        tokens = seconds * speed.task * SAFETY / 1.25
+        tokens = seconds * speed.task * SAFETY / TASK_EVAL_OVERHEAD
         tokens = _round_to(tokens, budget.task_tokens_per_step * budget.task_evals)
         tokens = min(max(tokens, budget.task_tokens_min), budget.task_tokens_max)
     cfg = demo_config(demo.root, TASK_CONFIG, task_overrides(budget, run_dir, tokens, base))
@@ -429,7 +443,7 @@ def train_task(demo: Demo, budget: Budget, speed: Speed) -> RunResult:
 def task_lengths(demo: Demo, budget: Budget, run: RunResult) -> None:
     """Stage 7: accuracy on problems of exactly 1x, 2x and 4x the longest training length."""
     demo.begin(f"lengths suite {run.name}: accuracy at exactly 1x, 2x, 4x the trained digits")
-    expect = 3 if demo.quick else 15
+    expect = 2 if demo.quick else 10
     run.suite, run.suite_table = _lengths_suite(demo, run.run_dir, expect, n=budget.task_suite_n)
     demo.say(run.suite_table)
 
@@ -490,19 +504,27 @@ def summary_table(runs: list[RunResult]) -> str:
 
 def _result(run: RunResult) -> str:
     s = run.summary
-    if "task" in run.suite:  # the exported model (the restored best): problems of exact lengths
+    if "task" in run.suite:
+        # the eval sets (1-8, 9-16, 17-32 digits) at the exported step (the restored best), and
+        # the suite's problems of exactly 8, 16, 32 digits
+        step = s.get("restored_best_step") or s["steps"]
+        evals = [e for e in read_metrics(run.run_dir, "eval") if e["step"] <= step]
+        at = evals[-1] if evals else {}
+        sets = "  ".join(f"{m}x {at[f'add_{m}x/acc']:.2f}" for m in (1, 2, 4) if at)
         rows = run.suite["task"]["rows"]
-        accs = "  ".join(f"{r['multiple']:g}x {r['acc']:.3f}" for r in rows)
+        exact = "/".join(f"{r['acc']:.2f}" for r in rows)
         digits = "/".join(str(r["length"]) for r in rows)
-        best = s.get("restored_best_step")
-        return f"acc {accs} ({digits} digits" + (f"; best step {best})" if best else ")")
+        return f"acc {sets} (step {step})  exactly {digits} digits: {exact}"
     final = s.get("final") or {}
     parts = [f"{k.split('/')[0]} {final[k]:.3f}" for k in ("val/loss", "ood/loss") if k in final]
     text = run.suite.get("text", {})
     bands = list(text.get("band_loss", {}).values())
-    if bands:  # mean loss over positions up to 1x, 1x-2x, 2x-4x the training length
-        by_pos = "  ".join(f"{m:g}x {v:.3f}" for m, v in zip(MULTIPLES, bands, strict=False))
-        parts.append(f"| {text['split']} by position {by_pos}")
+    if bands:  # mean loss at positions up to 1x, 1x-2x and 2x-4x the training length
+        edges = ["0", *(f"{m:g}" for m in MULTIPLES)]
+        by_pos = "  ".join(
+            f"{lo}-{hi}x {v:.3f}" for lo, hi, v in zip(edges, edges[1:], bands, strict=False)
+        )
+        parts.append(f"| {text['split']} loss at positions {by_pos}")
     return "  ".join(parts)
 
 
@@ -527,16 +549,20 @@ def run_demo(out: Path, budget_minutes: float = 10.0, quick: bool = False) -> in
     )
     clear_previous(demo.out)
     demo.out.mkdir(parents=True, exist_ok=True)
-    prepare_data(demo)
-    speed = measure_speed(demo)
-    budget = plan_budget(demo, speed)
-    runs = [train_text(demo, budget, name, batching) for name, batching in TEXT_STRATEGIES]
-    for run in runs:
-        text_lengths(demo, budget, run)
-    task = train_task(demo, budget, speed)
-    task_lengths(demo, budget, task)
-    runs.append(task)
-    report, problem, failed = write_report(demo, runs)
+    threads = torch.get_num_threads()
+    try:
+        prepare_data(demo)
+        speed = measure_speed(demo)  # may settle on 1 thread
+        budget = plan_budget(demo, speed)
+        runs = [train_text(demo, budget, name, batching) for name, batching in TEXT_STRATEGIES]
+        for run in runs:
+            text_lengths(demo, budget, run)
+        task = train_task(demo, budget, speed)
+        task_lengths(demo, budget, task)
+        runs.append(task)
+        report, problem, failed = write_report(demo, runs)
+    finally:
+        torch.set_num_threads(threads)
     demo.say(f"\nlengthwise demo: done in {_mmss(demo.elapsed())} (budget {_mmss(demo.budget_s)})")
     demo.say(summary_table(runs))
     demo.say(f"runs: {', '.join(str(r.run_dir) for r in runs)}")
