@@ -24,7 +24,7 @@ from lengthwise.data.sources import task_source_items
 from lengthwise.data.store import TokenStore
 from lengthwise.data.tokenizer import Tokenizer
 from lengthwise.errors import UserError
-from lengthwise.eval.accuracy import score_items
+from lengthwise.eval.accuracy import answer_budget, score_items
 from lengthwise.eval.lengthwise_lm import LengthwiseLM
 from lengthwise.eval.loss import evaluate_loss
 from lengthwise.tasks import Item, Task, generate_items, get_task
@@ -136,11 +136,9 @@ class Evaluator:
         items = self.items[s.name]
         mine = items[self.rank :: self.world_size]
         lm = LengthwiseLM(model, self.tokenizer, device=self.device)
-        budget = s.max_new_tokens or max(len(lm.encode(it.completion)) for it in items) + 1
-        was_training = model.training
+        budget = s.max_new_tokens or answer_budget(lm, items)  # from all items: same on every rank
         with self.autocast() if self.autocast else torch.autocast(self.device.type, enabled=False):
             score = score_items(lm, self.tasks[s.name], mine, budget, self.cfg.eval.batch_size)
-        model.train(was_training)
         counts = torch.tensor(
             [score.correct, score.parsed, score.total], dtype=torch.float64, device=self.device
         )

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from lengthwise.errors import UserError
+from lengthwise.eval.lm import split_request
 
 # cap on the logits one loglikelihood forward materializes (batch * length * vocab floats)
 MAX_LOGIT_ELEMENTS = 2**28
@@ -187,16 +188,9 @@ class HFCausalLM:
         return out
 
     def split_request(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """(context ids, continuation ids) as lm-eval-harness splits them for causal LMs; an
-        empty context becomes [prefix_id]."""
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces:
-            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-        if not context:
-            return [self.prefix_id], self.encode(continuation)
-        whole = self.encode(context + continuation)
-        ctx = self.encode(context)
-        return ctx, whole[len(ctx) :]
+        """lengthwise.eval.lm.split_request with this model's tokenizer; an empty context
+        is scored after prefix_id."""
+        return split_request(self.encode, context, continuation, self.prefix_id)
 
     def _vocab_size(self) -> int:
         emb = self.model.get_output_embeddings()

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from lengthwise.data.tokenizer import Tokenizer
 from lengthwise.eval.generate import greedy_generate
+from lengthwise.eval.lm import split_request
 from lengthwise.model.gpt import GPT
 
 
@@ -120,16 +121,9 @@ class LengthwiseLM:
         return [self.decode(o) for o in out]
 
     def split_request(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """(context ids, continuation ids) as lm-eval-harness splits them; an empty context
-        becomes [EOS]."""
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces:
-            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-        if not context:
-            return [self.eos_id], self.encode(continuation)
-        whole = self.encode(context + continuation)
-        ctx = self.encode(context)
-        return ctx, whole[len(ctx) :]
+        """lengthwise.eval.lm.split_request with this model's tokenizer; an empty context
+        is scored after eos_id."""
+        return split_request(self.encode, context, continuation, self.eos_id)
 
     def loglikelihood(
         self, requests: list[tuple[str, str]], batch_size: int = 64

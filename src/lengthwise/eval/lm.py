@@ -5,6 +5,7 @@ memorization), the in-training evaluator and the lm-eval-harness adapter only us
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -37,3 +38,19 @@ class EvalLM(Protocol):
         """Per-position cross-entropy of a token sequence (len(ids) - 1 values: position i is
         the loss of predicting ids[i + 1]); positions beyond the training length included."""
         ...
+
+
+def split_request(
+    encode: Callable[[str], list[int]], context: str, continuation: str, prefix_id: int
+) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) as lm-eval-harness splits a request for a causal LM:
+    trailing spaces of the context move to the continuation, the continuation's ids are
+    encode(context + continuation) minus encode(context), an empty context is [prefix_id]."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    if not context:
+        return [prefix_id], encode(continuation)
+    whole = encode(context + continuation)
+    ctx = encode(context)
+    return ctx, whole[len(ctx) :]

@@ -384,9 +384,8 @@ class Trainer:
         best = self.ckpt_dir / "best"
         if not (best / checkpoint.MANIFEST).is_file():
             return None
-        manifest = checkpoint.verify(best)
-        checkpoint.load(best, self.model_plain, self.optimizer)
-        return int(manifest["step"])
+        state = checkpoint.load(best, self.model_plain, self.optimizer)  # verifies checksums
+        return int(state["counters"]["step"])
 
     # ------------------------------------------------------------------ the loop
 
