@@ -365,17 +365,24 @@ def format_validation_error(source: str, err: ValidationError) -> str:
     return f"{source}: {key}: {msg}{more}"
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML file's top-level mapping; missing file, bad YAML or a non-mapping are one-line
+    UserErrors naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: config file not found")
+        raise UserError(f"{path}: {what} file not found")
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(tree, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
-    tree = apply_overrides(tree, overrides or [])
+    return tree
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    tree = apply_overrides(read_yaml_mapping(path), overrides or [])
     try:
         return Config.model_validate(tree)
     except ValidationError as e:

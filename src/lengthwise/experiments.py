@@ -48,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from lengthwise.config import read_yaml_mapping
 from lengthwise.errors import UserError
 
 IMPLEMENTED = {
@@ -149,14 +150,7 @@ def _safe(name: str) -> str:
 
 def load_spec(path: Path, experiment: str, quick: bool = False) -> Spec:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: experiment file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path, "experiment")
     if raw.get("experiment", experiment) != experiment:
         raise UserError(f"{path}: is experiment {raw.get('experiment')}, not {experiment}")
     if ("base" in raw) == ("config" in raw):
