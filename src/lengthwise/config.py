@@ -42,6 +42,14 @@ class SourceConfig(Strict):
     format: str = "direct"  # direct | reversed | scratchpad | index_hints
     seed: int = 0
     params: dict[str, Any] = Field(default_factory=dict)  # task parameters, e.g. {k: 2}
+    # seen: no item uses a held-out term (operand, list number; lengthwise.tasks.is_heldout), so
+    # eval sets with `values: unseen` test values training never showed
+    values: Literal["all", "seen", "unseen"] = "all"
+    heldout: float = Field(default=0.1, gt=0, lt=1)  # share of terms held out
+    # share of documents whose last answer digit is replaced by another digit: an over-fitting
+    # probe (Zhang et al. 2017, Arpit et al. 2017): a model learns the rule first, then memorizes
+    # the wrong answers, and its accuracy on fresh problems falls
+    label_noise: float = Field(default=0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _needs_path(self) -> SourceConfig:
@@ -249,7 +257,8 @@ class EvalSetConfig(Strict):
     """One evaluation set, tagged in-distribution or out-of-distribution. `text`: loss and
     perplexity on a prepared split. `task`: exact-match accuracy (greedy decoding) and parse rate
     on generated items of a lengthwise.tasks task; `fresh` drops items that occur in the
-    training split (when that split is a task source)."""
+    training split (when that split is a task source); `values: unseen` keeps only items with a
+    term the training split held out (train with `values: seen` and the same `heldout`)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # metric prefix: NAME/loss, NAME/acc
     tag: Literal["id", "ood"] = "id"
@@ -263,6 +272,8 @@ class EvalSetConfig(Strict):
     seed: int = 1
     params: dict[str, Any] = Field(default_factory=dict)
     fresh: bool = True
+    values: Literal["all", "seen", "unseen"] = "all"
+    heldout: float = Field(default=0.1, gt=0, lt=1)
     max_new_tokens: int | None = Field(default=None, gt=0)  # None: from the longest answer
 
     @model_validator(mode="after")
@@ -332,6 +343,13 @@ class Config(Strict):
                     f"eval set '{s.name}': split '{s.split}' is not in data.splits "
                     f"({', '.join(self.data.splits)})"
                 )
+            train = self.data.splits.get("train")
+            if s.values == "unseen" and train is not None and train.kind == "task":
+                if train.values != "seen" or train.heldout != s.heldout:
+                    raise ValueError(
+                        f"eval set '{s.name}': values 'unseen' needs the train split to hold "
+                        f"them out (data.splits.train.values: seen, heldout: {s.heldout})"
+                    )
         return self
 
 

@@ -7,7 +7,7 @@ import torch
 from lengthwise.batch import IGNORE_INDEX
 from lengthwise.cli import main
 from lengthwise.config import Config, SourceConfig
-from lengthwise.data.sources import iter_documents, task_source_items
+from lengthwise.data.sources import iter_documents, noisy_documents, task_source_items
 from lengthwise.data.store import TokenStore, prepare
 from lengthwise.data.strategies import build_strategy
 from lengthwise.data.tokenizer import load_tokenizer
@@ -123,3 +123,72 @@ def test_loss_eval_skips_prompts(tmp_path):
     )
     expected = int((np.diff(store.offsets) - store.prompt_lens).sum())
     assert out["tokens"] == expected
+
+
+def test_seen_values_source_and_unseen_eval_set(tmp_path):
+    """A training store that never shows the held-out operands, and an eval set made only of
+    problems with at least one of them (the `unseen values` OOD set)."""
+    from lengthwise.eval.evaluator import task_items
+    from lengthwise.tasks import is_heldout
+
+    cfg = Config.model_validate(
+        {
+            **_config(tmp_path, lengths=[2, 2], n=400, values="seen").model_dump(mode="json"),
+            "eval": {
+                "sets": [
+                    {
+                        "name": "unseen",
+                        "kind": "task",
+                        "task": "addition",
+                        "lengths": [2, 2],
+                        "format": "reversed",
+                        "n": 50,
+                        "values": "unseen",
+                        "tag": "ood",
+                    },
+                ]
+            },
+        }
+    )
+    prepare(cfg.data, progress=False)
+    store = TokenStore(cfg.data.out_dir / "train")
+    tok = load_tokenizer(cfg.data.out_dir / "tokenizer.json")
+    assert store.n_docs == 400 and store.meta["source"]["values"] == "seen"
+    operands = set()
+    for i in range(store.n_docs):
+        prompt = tok.decode(store.doc(i).tolist())[: store.prompt_lens[i]]
+        a, b = prompt.rstrip("=").split("+")
+        operands |= {a[::-1], b[::-1]}  # reversed format: least significant digit first
+    held = {str(v) for v in range(10, 100) if is_heldout(str(v))}
+    assert held and not operands & held and len(operands) > 60
+    unseen = task_items(cfg.eval.sets[0], exclude=set())
+    assert len(unseen) == 50
+    assert all(set(it.terms) & held for it in unseen)
+
+
+def test_unseen_eval_set_needs_a_seen_training_source(tmp_path):
+    base = _config(tmp_path).model_dump(mode="json")
+    unseen = {"name": "u", "kind": "task", "task": "addition", "values": "unseen"}
+    with pytest.raises(ValueError, match="values 'unseen' needs the train split"):
+        Config.model_validate({**base, "eval": {"sets": [unseen]}})
+    base["data"]["splits"]["train"].update(values="seen", heldout=0.2)
+    with pytest.raises(ValueError, match="heldout: 0.1"):
+        Config.model_validate({**base, "eval": {"sets": [unseen]}})
+    Config.model_validate({**base, "eval": {"sets": [{**unseen, "heldout": 0.2}]}})
+
+
+def test_label_noise_changes_exactly_the_last_digit_of_a_fixed_share(tmp_path):
+    cfg = _config(tmp_path, n=40, label_noise=0.25, format="coupled")
+    src = cfg.data.splits["train"]
+    items = list(task_source_items(src))
+    docs = list(iter_documents(src))
+    pairs = zip(items, docs, strict=True)
+    wrong = [i for i, (it, d) in enumerate(pairs) if d.text != it.prompt + it.completion]
+    assert len(wrong) == 10 and wrong == sorted(noisy_documents(src))
+    for i in wrong:
+        right, noisy = items[i].prompt + items[i].completion, docs[i].text
+        assert noisy[:-1] == right[:-1] and noisy[-1] != right[-1] and noisy[-1].isdigit()
+        assert docs[i].positions == items[i].positions  # a digit stays a digit: same ids
+    assert [d.text for d in iter_documents(src)] == [d.text for d in docs]  # deterministic
+    # the items (what eval sets and suites regenerate) keep their true answers
+    assert items == list(task_source_items(src.model_copy(update={"label_noise": 0.0})))

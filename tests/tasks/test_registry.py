@@ -13,6 +13,7 @@ from lengthwise.tasks import (
     alphabet,
     generate_items,
     get_task,
+    is_heldout,
     task_names,
 )
 
@@ -99,6 +100,43 @@ def test_exclude():
     assert [it.key for it in generate_items("addition", [1], 2, "direct", 0, left)] == [
         "addition:3+4"
     ] * 2
+
+
+def test_heldout_terms_are_a_fixed_tenth():
+    held = [v for v in range(100) if is_heldout(str(v))]
+    # the hash split is fixed: the same numbers in every process, run and task
+    assert held == [5, 18, 30, 40, 46, 50, 57, 75, 77, 78, 80, 85, 93]
+    assert 900 <= sum(is_heldout(str(v)) for v in range(10_000)) <= 1100
+    assert sum(is_heldout(str(v), 0.5) for v in range(10_000)) in range(4800, 5200)
+    # a smaller fraction holds out a subset of a larger one (one hash, one threshold)
+    assert all(is_heldout(str(v), 0.5) for v in held)
+
+
+@pytest.mark.parametrize(
+    ("task", "lengths", "params"),
+    [("addition", (2, 3), {}), ("sort", (3, 8), {}), ("two_sum", (2, 6), {}), ("copy", (3, 3), {})],
+)
+def test_seen_and_unseen_values_split_the_terms(task, lengths, params):
+    seen = list(generate_items(task, lengths, 300, "direct", 0, values="seen", **params))
+    unseen = list(generate_items(task, lengths, 300, "direct", 1, values="unseen", **params))
+    assert len(seen) == len(unseen) == 300
+    assert not any(is_heldout(t) for it in seen for t in it.terms)
+    assert all(any(is_heldout(t) for t in it.terms) for it in unseen)
+    assert not {it.key for it in seen} & {it.key for it in unseen}
+    # "all" is the old stream, untouched by the filter
+    plain = list(generate_items(task, lengths, 50, "direct", 0, values="all", **params))
+    assert plain == list(generate_items(task, lengths, 50, "direct", 0, **params))
+
+
+def test_values_arguments_are_checked():
+    with pytest.raises(ValueError, match="values"):
+        generate_items("addition", (1, 2), 1, "direct", 0, values="new")
+    with pytest.raises(ValueError, match="heldout"):
+        generate_items("addition", (1, 2), 1, "direct", 0, values="seen", heldout=1.0)
+    # 1-digit operands: none of 0-9 is held out at 5%, so no unseen item exists
+    assert not any(is_heldout(str(d), 0.05) for d in range(10))
+    with pytest.raises(ValueError, match="requested values"):
+        list(generate_items("addition", (1, 1), 1, "direct", 0, values="unseen", heldout=0.05))
 
 
 def test_generate_items_checks_arguments_at_the_call():

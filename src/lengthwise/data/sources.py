@@ -13,6 +13,7 @@ import codecs
 import gzip
 import hashlib
 import json
+import random
 import zlib
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -133,7 +134,17 @@ def describe_source(cfg: SourceConfig) -> dict[str, Any]:
 
 # --- task sources ------------------------------------------------------------------------------
 
-TASK_FIELDS = {"task", "lengths", "n", "format", "seed", "params"}
+TASK_FIELDS = {
+    "task",
+    "lengths",
+    "n",
+    "format",
+    "seed",
+    "params",
+    "values",
+    "heldout",
+    "label_noise",
+}
 
 
 def task_names(cfg: SourceConfig) -> list[str]:
@@ -158,7 +169,17 @@ def task_source_items(cfg: SourceConfig) -> Iterator[Any]:
         except (ValueError, TypeError) as e:
             raise UserError(f"task source '{name}': {e}") from None
         share = cfg.n // len(names) + (k < cfg.n % len(names))
-        streams.append(generate_items(task, tuple(cfg.lengths), share, cfg.format, cfg.seed + k))
+        streams.append(
+            generate_items(
+                task,
+                tuple(cfg.lengths),
+                share,
+                cfg.format,
+                cfg.seed + k,
+                values=cfg.values,
+                heldout=cfg.heldout,
+            )
+        )
 
     def interleaved() -> Iterator[Any]:
         live = list(streams)
@@ -173,15 +194,29 @@ def task_source_items(cfg: SourceConfig) -> Iterator[Any]:
     return interleaved()
 
 
+def noisy_documents(cfg: SourceConfig) -> dict[int, int]:
+    """Document index -> shift (1-9) of its last answer digit, for `label_noise`: a fixed random
+    share of the source's documents is trained on a wrong answer (last digit + shift, mod 10).
+    The items themselves stay correct: eval sets and suites regenerate the true answers."""
+    rng = random.Random(f"lengthwise.label_noise:{cfg.seed}")
+    chosen = sorted(rng.sample(range(cfg.n), round(cfg.label_noise * cfg.n)))
+    return {i: rng.randint(1, 9) for i in chosen}
+
+
 def _task_documents(cfg: SourceConfig, stats: SourceStats) -> Iterator[Document]:
     """One document per task item: prompt (no loss) + completion, and the item's position ids
-    (coupled format)."""
+    (coupled format). `label_noise` documents end in a wrong digit."""
     items = task_source_items(cfg)
+    noisy = noisy_documents(cfg)
 
     def documents() -> Iterator[Document]:
         for i, item in enumerate(items):
             stats.docs += 1
-            text = item.prompt + item.completion
+            completion = item.completion
+            if i in noisy:  # every task's answer ends in a digit (a number or a list of them)
+                wrong = (int(completion[-1]) + noisy[i]) % 10
+                completion = f"{completion[:-1]}{wrong}"
+            text = item.prompt + completion
             yield Document(text, f"task:{item.task}#{i}", len(item.prompt), item.positions)
 
     return documents()

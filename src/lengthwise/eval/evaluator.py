@@ -59,6 +59,8 @@ def task_items(spec: EvalSetConfig, exclude: set[str]) -> list[Item]:
             spec.format,
             spec.seed,
             exclude=exclude if spec.fresh else None,
+            values=spec.values,
+            heldout=spec.heldout,
         )
     )
 

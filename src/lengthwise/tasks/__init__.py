@@ -20,6 +20,7 @@ from lengthwise.tasks.registry import (
     alphabet,
     generate_items,
     get_task,
+    is_heldout,
     register,
     task_names,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "arithmetic",
     "generate_items",
     "get_task",
+    "is_heldout",
     "lists",
     "register",
     "task_names",

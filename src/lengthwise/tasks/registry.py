@@ -48,10 +48,11 @@ as multisets.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import string
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -70,6 +71,9 @@ PUNCTUATION = "+*=:,;|-"  # every non-alphanumeric character a task may write
 EOS_POSITION = 0  # coupled format: the id of the EOS that ends every document
 
 MAX_TRIES = 1000  # fresh-item attempts per item before generate_items gives up
+
+VALUES = ("all", "seen", "unseen")  # generate_items(values=...): which held-out terms to allow
+HELDOUT_FRACTION = 0.1  # default share of terms held out of training (values="seen")
 
 _DIGITS = re.compile(r"\d+")
 _HINTED = re.compile(r"(?:[A-Za-z]\d)+")
@@ -241,6 +245,8 @@ def generate_items(
     fmt: str,
     seed: int,
     exclude: set[str] | None = None,
+    values: str = "all",
+    heldout: float = HELDOUT_FRACTION,
     **params: Any,
 ) -> Iterator[Item]:
     """`n` items of `task` in format `fmt`, deterministic from `seed` (the same seed gives the
@@ -249,8 +255,11 @@ def generate_items(
     `lengths`: a tuple ``(lo, hi)`` draws each item's length uniformly from lo..hi inclusive; any
     other sequence (e.g. a list) is cycled, item i having length ``lengths[i % len(lengths)]``.
     `exclude`: problem keys to skip (the item is redrawn at the same length); ValueError when no
-    fresh problem turns up in MAX_TRIES draws. Arguments are checked at the call; items are then
-    produced lazily.
+    fresh problem turns up in MAX_TRIES draws.
+    `values`: ``all`` draws freely; ``seen`` redraws problems with any held-out term (a training
+    set that never shows those values); ``unseen`` keeps only problems with at least one (an
+    eval set of unseen values). `heldout` is the share of terms held out (`is_heldout`).
+    Arguments are checked at the call; items are then produced lazily.
     """
     if isinstance(task, Task):
         if params:
@@ -273,24 +282,53 @@ def generate_items(
         t._check_length(length)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    return _generate(t, choices, cycle, n, fmt, seed, exclude or set())
+    if values not in VALUES:
+        raise ValueError(f"values must be one of {', '.join(VALUES)}, got {values!r}")
+    if not 0 < heldout < 1:
+        raise ValueError(f"heldout must be in (0, 1), got {heldout}")
+    keep = _value_filter(values, heldout)
+    return _generate(t, choices, cycle, n, fmt, seed, exclude or set(), keep)
+
+
+def is_heldout(term: str, fraction: float = HELDOUT_FRACTION) -> bool:
+    """Whether a term (an operand, a list number, a digit string: `Item.terms`) belongs to the
+    held-out share `fraction` of all terms. A fixed hash of the term's text decides, so the
+    split is the same in every task, run and process: with list values 0..99 about 10 numbers
+    are held out, with n-digit operands about a tenth of them."""
+    digest = hashlib.blake2b(term.encode(), digest_size=8, person=b"lw.heldout").digest()
+    return int.from_bytes(digest, "big") < fraction * 2**64
+
+
+def _value_filter(values: str, fraction: float) -> Callable[[Item], bool]:
+    if values == "seen":
+        return lambda item: not any(is_heldout(t, fraction) for t in item.terms)
+    if values == "unseen":
+        return lambda item: any(is_heldout(t, fraction) for t in item.terms)
+    return lambda item: True
 
 
 def _generate(
-    task: Task, choices: list[int], cycle: bool, n: int, fmt: str, seed: int, exclude: set[str]
+    task: Task,
+    choices: list[int],
+    cycle: bool,
+    n: int,
+    fmt: str,
+    seed: int,
+    exclude: set[str],
+    keep: Callable[[Item], bool],
 ) -> Iterator[Item]:
     rng = random.Random(f"lengthwise.tasks:{task.name}:{seed}")
     for i in range(n):
         length = choices[i % len(choices)] if cycle else rng.choice(choices)
         for _ in range(MAX_TRIES):
             item = task.render(task.sample(rng, length), fmt)
-            if item.key not in exclude:
+            if item.key not in exclude and keep(item):
                 yield item
                 break
         else:
             raise ValueError(
-                f"task '{task.name}': no fresh item of length {length} in {MAX_TRIES} draws "
-                f"({len(exclude)} keys excluded)"
+                f"task '{task.name}': no fresh item of length {length} with the requested values "
+                f"in {MAX_TRIES} draws ({len(exclude)} keys excluded)"
             )
 
 
