@@ -1,5 +1,6 @@
 import pytest
 
+from lengthwise import config
 from lengthwise.config import load_config
 from lengthwise.errors import UserError
 
@@ -58,3 +59,27 @@ def test_file_problems(tmp_path):
         load_config(_write(tmp_path, "data: [unclosed"))
     with pytest.raises(UserError, match="data: Field required"):
         load_config(_write(tmp_path, "batching: {}"))
+
+
+def test_config_reference_is_current_and_covers_every_key():
+    from pathlib import Path
+
+    from pydantic import BaseModel
+
+    from lengthwise import config_reference as ref
+
+    doc = ref.reference()
+    path = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert path.read_text() == doc, "stale: python -m lengthwise.config_reference > docs/config.md"
+    models = [m for m in vars(config).values() if isinstance(m, type) and issubclass(m, BaseModel)]
+    for model in models:
+        if model in (config.Strict, config.Config, BaseModel):  # Config: one section per key
+            continue
+        for name in model.model_fields:
+            assert f"| `{name}` |" in doc, f"{model.__name__}.{name} missing"
+    comments = ref.field_comments(config.SourceConfig)
+    assert comments["glob"] == "text_dir: recursive pattern relative to `path`"
+    assert comments["label_noise"].startswith("share of documents whose last answer digit")
+    assert ref.type_name(config.BatchingConfig.model_fields["long_doc_rule"].annotation) == (
+        "repeat \\| random"
+    )

@@ -29,8 +29,8 @@ class SourceConfig(Strict):
     """Where documents come from. One file = one document for `text_dir`; one item = one
     document for `task` (prompt without loss + completion with loss; see lengthwise.tasks)."""
 
-    kind: Literal["text_dir", "jsonl", "parquet", "hf_disk", "task"]
-    path: Path | None = None
+    kind: Literal["text_dir", "jsonl", "parquet", "hf_disk", "task"]  # where documents come from
+    path: Path | None = None  # a folder (text_dir) or a file/folder of files
     glob: str = "**/*.txt"  # text_dir: recursive pattern relative to `path`
     text_field: str = "text"  # jsonl field, parquet column, HF dataset column
     split: str | None = None  # hf_disk: the split of a DatasetDict (None: a plain Dataset)
@@ -40,7 +40,7 @@ class SourceConfig(Strict):
     lengths: list[int] = Field(default_factory=lambda: [1, 10])  # [lo, hi] inclusive
     n: int = Field(default=10_000, gt=0)  # items (in all, shared evenly between tasks)
     format: str = "direct"  # direct | reversed | scratchpad | index_hints
-    seed: int = 0
+    seed: int = 0  # task: the generator seed (task k of a list gets seed + k)
     params: dict[str, Any] = Field(default_factory=dict)  # task parameters, e.g. {k: 2}
     # seen: no item uses a held-out term (operand, list number; lengthwise.tasks.is_heldout), so
     # eval sets with `values: unseen` test values training never showed
@@ -67,10 +67,11 @@ class TokenizerConfig(Strict):
     """`bpe`: train a byte-level BPE on the `train_split`; `file`: load an existing
     tokenizer.json; `char`: one token per character (synthetic tasks)."""
 
-    kind: Literal["bpe", "char", "file"] = "bpe"
-    vocab_size: int = Field(default=8192, ge=260)
-    path: Path | None = None
-    train_split: str = "train"
+    kind: Literal["bpe", "char", "file"] = "bpe"  # bpe | char | file (see above)
+    vocab_size: int = Field(default=8192, ge=260)  # bpe: target vocabulary, special tokens included
+    path: Path | None = None  # file: an existing tokenizer.json
+    train_split: str = "train"  # bpe: the split it is trained on
+    # bpe: train on the first N documents only
     train_max_docs: int | None = Field(default=None, gt=0)
     alphabet: str | None = None  # char: the characters; None = printable ASCII
     bos: bool = False  # prepend BOS to every document
@@ -85,7 +86,7 @@ class TokenizerConfig(Strict):
 class DataConfig(Strict):
     """`lengthwise prepare` writes one token store per split under `out_dir/<split>/`."""
 
-    out_dir: Path
+    out_dir: Path  # token stores and tokenizer.json go here
     tokenizer: TokenizerConfig = TokenizerConfig()
     splits: dict[str, SourceConfig]
     encode_batch_docs: int = Field(default=1024, gt=0)  # documents per encode_batch call
@@ -112,24 +113,28 @@ class CurriculumConfig(Strict):
     `warmup_fraction` of the first epoch's steps, rounded down to a multiple of `multiple`.
     """
 
-    name: CurriculumName = "none"
-    cycles: int = Field(default=8, ge=1)
-    longest_first: bool = False
-    min_len: int = Field(default=64, ge=8)
+    name: CurriculumName = "none"  # length schedule over steps (grow_p2: short buckets first)
+    cycles: int = Field(default=8, ge=1)  # grow/shrink patterns per epoch
+    longest_first: bool = False  # natural/grow: start from the longest bucket
+    min_len: int = Field(default=64, ge=8)  # seq_len_warmup: the first chunk length
+    # seq_len_warmup: share of epoch 0 spent growing
     warmup_fraction: float = Field(default=0.3, gt=0.0, le=1.0)
-    multiple: int = Field(default=8, ge=1)
+    multiple: int = Field(default=8, ge=1)  # seq_len_warmup: chunk lengths are multiples of this
 
 
 class BatchingConfig(Strict):
     """How documents become fixed-token-count steps. `tokens_per_step` is global (all ranks)."""
 
+    # how documents become rows (README: Batching strategies)
     strategy: StrategyName = "decomposition"
+    # tokens per optimizer step, all ranks together
     tokens_per_step: int = Field(default=16384, gt=0)
-    max_len: int = Field(default=1024, ge=2)
+    max_len: int = Field(default=1024, ge=2)  # longest row; decomposition: the largest bucket
     min_bucket: int = Field(default=32, ge=1)  # decomposition: shortest kept piece
+    # documents longer than max_len: split all (repeat) or a random window
     long_doc_rule: Literal["repeat", "random"] = "repeat"
     curriculum: CurriculumConfig = CurriculumConfig()
-    seed: int = 0
+    seed: int = 0  # shuffling and sampling of batches
     # Stores with task position ids (the `coupled` format, positions.bin): in training, every id
     # of a row is shifted by one random offset in [0, position_offset_max] drawn from
     # (seed, epoch, step, row), the random starting id of position coupling. No effect on
@@ -170,34 +175,38 @@ class ModelConfig(Strict):
     """A decoder-only Transformer (see lengthwise/model/gpt.py). `vocab_size` None: taken from
     the tokenizer of the data config."""
 
-    vocab_size: int | None = Field(default=None, gt=0)
-    n_layer: int = Field(default=4, ge=1)
-    n_head: int = Field(default=4, ge=1)
-    d_model: int = Field(default=256, ge=8)
+    vocab_size: int | None = Field(default=None, gt=0)  # None: from the tokenizer
+    n_layer: int = Field(default=4, ge=1)  # Transformer blocks
+    n_head: int = Field(default=4, ge=1)  # attention heads per block
+    d_model: int = Field(default=256, ge=8)  # residual width
     d_ff: int | None = Field(default=None, gt=0)  # None: 4*d_model (gelu), 8/3*d_model (swiglu)
-    mlp: Literal["gelu", "swiglu"] = "gelu"
-    tie_embeddings: bool = True
-    bias: bool = False
-    norm_eps: float = Field(default=1e-5, gt=0)
+    mlp: Literal["gelu", "swiglu"] = "gelu"  # gelu MLP or SwiGLU
+    tie_embeddings: bool = True  # output head shares the token embedding
+    bias: bool = False  # biases in linear layers and norms
+    norm_eps: float = Field(default=1e-5, gt=0)  # LayerNorm/RMSNorm epsilon
+    # normal init std (residual projections scaled by 1/sqrt(2 n_layer))
     init_std: float = Field(default=0.02, gt=0)
+    # dropout after the embeddings (0.1-0.3 regularizes)
     emb_dropout: float = Field(default=0.0, ge=0.0, le=0.5)
-    attn_dropout: float = Field(default=0.0, ge=0.0, le=0.5)
-    resid_dropout: float = Field(default=0.0, ge=0.0, le=0.5)
-    position: PositionName = "rope"
+    attn_dropout: float = Field(default=0.0, ge=0.0, le=0.5)  # dropout on attention weights
+    resid_dropout: float = Field(default=0.0, ge=0.0, le=0.5)  # dropout on each block's output
+    position: PositionName = "rope"  # positional encoding (model/positions.py)
     max_position: int = Field(default=2048, gt=0)  # learned/sinusoidal table size
-    rope_base: float = Field(default=10000.0, gt=1.0)
+    rope_base: float = Field(default=10000.0, gt=1.0)  # rope: the frequency base
     # Randomized positions (Ruoss et al. 2023): in training, each row's positions are a sorted
     # random subset of [0, random_positions_max); 0 = off.
     random_positions_max: int = Field(default=0, ge=0)
     # relative_bias: per-head learned bias on position differences clipped to max_distance;
     # window > 0 also masks keys more than `window` positions back.
     max_distance: int = Field(default=128, ge=1)
+    # relative_bias: mask keys more than `window` positions back (0 = off)
     window: int = Field(default=0, ge=0)
     # abacus (McLeish et al. 2024): token ids of the digits 0-9, each digit embedded by its index
     # within its number (1-based); a random offset in [0, abacus_offset] is added in training.
     digit_token_ids: list[int] = Field(default_factory=list)
+    # abacus: embedding table size (longest number + offset)
     abacus_max_digits: int = Field(default=128, ge=1)
-    abacus_offset: int = Field(default=0, ge=0)
+    abacus_offset: int = Field(default=0, ge=0)  # abacus: largest random offset in training
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -215,41 +224,43 @@ class OptimConfig(Strict):
     `decay_embeddings`. `l2` and `l1` add explicit penalties (coefficient x sum of squares or
     absolute values of the decayed weights) to the loss; the seed recommends 0.001-0.01."""
 
-    lr: float = Field(default=1e-3, gt=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(default=1e-8, gt=0)
-    weight_decay: float = Field(default=0.1, ge=0)
-    decay_embeddings: bool = False
-    l1: float = Field(default=0.0, ge=0)
-    l2: float = Field(default=0.0, ge=0)
+    lr: float = Field(default=1e-3, gt=0)  # peak learning rate
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    eps: float = Field(default=1e-8, gt=0)  # AdamW epsilon
+    weight_decay: float = Field(default=0.1, ge=0)  # decoupled weight decay on matrices
+    decay_embeddings: bool = False  # also decay the embeddings
+    l1: float = Field(default=0.0, ge=0)  # coefficient of the L1 penalty added to the loss
+    l2: float = Field(default=0.0, ge=0)  # coefficient of the L2 penalty added to the loss
     grad_clip: float = Field(default=1.0, ge=0)  # 0 = off
 
 
 class ScheduleConfig(Strict):
     """Learning rate by tokens seen (not steps: VSL steps differ in shape, not in tokens)."""
 
-    warmup_tokens: int = Field(default=0, ge=0)
+    warmup_tokens: int = Field(default=0, ge=0)  # linear warmup length
+    # shape after warmup, down to min_lr_ratio x lr
     decay: Literal["cosine", "linear", "constant"] = "cosine"
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)  # final learning rate / lr
 
 
 class TrainConfig(Strict):
-    out_dir: Path = Path("runs/default")
-    total_tokens: int = Field(default=1_000_000, gt=0)
+    out_dir: Path = Path("runs/default")  # the run directory
+    total_tokens: int = Field(default=1_000_000, gt=0)  # training budget (real target tokens)
     micro_batch_tokens: int | None = Field(default=None, gt=0)  # None: no accumulation
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0  # model init, dropout, data order
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA
-    compile: bool = False
+    compile: bool = False  # torch.compile the model
+    # abort after this many non-finite losses in a row
     max_nonfinite_steps: int = Field(default=5, ge=1)
-    log_every_steps: int = Field(default=10, ge=1)
+    log_every_steps: int = Field(default=10, ge=1)  # train records in metrics.jsonl
     checkpoint_every_tokens: int = Field(default=0, ge=0)  # 0 = only at the end
-    keep_last: int = Field(default=2, ge=1)
+    keep_last: int = Field(default=2, ge=1)  # periodic checkpoints kept
     # keeps checkpoints/best by this eval metric (e.g. val/loss, add_2x/acc; direction from the
     # name); None: the early-stopping metric when early stopping is on
     best_metric: str | None = None
-    progress: bool = True
-    tensorboard: bool = True
+    progress: bool = True  # progress bar (tokens/s, ETA)
+    tensorboard: bool = True  # also write TensorBoard events
     peak_tflops: float | None = Field(default=None, gt=0)  # per device, for the MFU estimate
 
 
@@ -261,19 +272,20 @@ class EvalSetConfig(Strict):
     term the training split held out (train with `values: seen` and the same `heldout`)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # metric prefix: NAME/loss, NAME/acc
-    tag: Literal["id", "ood"] = "id"
-    kind: Literal["text", "task"] = "text"
+    tag: Literal["id", "ood"] = "id"  # id or ood: ood sets feed the monitor and ood_mean
+    kind: Literal["text", "task"] = "text"  # text: loss/perplexity; task: exact-match accuracy
     split: str | None = None  # text
     tokens: int = Field(default=65536, gt=0)  # text: tokens scored per eval
     task: str | None = None  # task
-    lengths: list[int] = Field(default_factory=lambda: [1, 10])
-    n: int = Field(default=200, gt=0)
-    format: str = "direct"
-    seed: int = 1
-    params: dict[str, Any] = Field(default_factory=dict)
-    fresh: bool = True
+    lengths: list[int] = Field(default_factory=lambda: [1, 10])  # task: [lo, hi] item lengths
+    n: int = Field(default=200, gt=0)  # task: items
+    format: str = "direct"  # task: a format of the task
+    seed: int = 1  # task: the generator seed
+    params: dict[str, Any] = Field(default_factory=dict)  # task parameters
+    fresh: bool = True  # task: drop items that are in the training split
+    # task: unseen = only items with a held-out term
     values: Literal["all", "seen", "unseen"] = "all"
-    heldout: float = Field(default=0.1, gt=0, lt=1)
+    heldout: float = Field(default=0.1, gt=0, lt=1)  # task: the training source's held-out share
     max_new_tokens: int | None = Field(default=None, gt=0)  # None: from the longest answer
 
     @model_validator(mode="after")
@@ -297,28 +309,28 @@ class EarlyStoppingConfig(Strict):
     """Lightning EarlyStopping semantics, on an eval metric (default: the mean of the OOD sets'
     main metric, `ood_mean/acc` if there are OOD task sets, else `ood_mean/loss`)."""
 
-    enabled: bool = False
-    metric: str | None = None
+    enabled: bool = False  # stop on the metric below
+    metric: str | None = None  # None: ood_mean/acc (OOD task sets) or ood_mean/loss
     mode: Literal["min", "max"] | None = None  # None: from the metric's name
     patience: int = Field(default=3, ge=1)  # evals without improvement
-    min_delta: float = Field(default=0.0, ge=0)
+    min_delta: float = Field(default=0.0, ge=0)  # smallest change that counts as an improvement
     stop_on_drop: bool = False  # stop at the first OOD alert
-    check_finite: bool = True
+    check_finite: bool = True  # stop when the metric is NaN or infinite
 
 
 class MonitorConfig(Strict):
     """OOD alerts: an OOD metric worse than its best by more than `alert_drop` (relative) logs an
     `alert` event, prints a line and runs `on_alert` (the event as JSON on stdin)."""
 
-    alert_drop: float = Field(default=0.05, gt=0)
-    on_alert: str | None = None
+    alert_drop: float = Field(default=0.05, gt=0)  # relative drop from the best that alerts
+    on_alert: str | None = None  # shell command run per alert, the event as JSON on stdin
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     restore_best: bool = False  # at the end, export the best checkpoint's weights
 
 
 class DistributedConfig(Strict):
-    fsdp: bool = False
-    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    fsdp: bool = False  # FSDP2 (fully_shard) instead of DDP under torchrun
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, else gloo
 
 
 class Config(Strict):
@@ -344,12 +356,12 @@ class Config(Strict):
                     f"({', '.join(self.data.splits)})"
                 )
             train = self.data.splits.get("train")
-            if s.values == "unseen" and train is not None and train.kind == "task":
-                if train.values != "seen" or train.heldout != s.heldout:
-                    raise ValueError(
-                        f"eval set '{s.name}': values 'unseen' needs the train split to hold "
-                        f"them out (data.splits.train.values: seen, heldout: {s.heldout})"
-                    )
+            held_out = train is not None and train.values == "seen" and train.heldout == s.heldout
+            if s.values == "unseen" and train is not None and train.kind == "task" and not held_out:
+                raise ValueError(
+                    f"eval set '{s.name}': values 'unseen' needs the train split to hold "
+                    f"them out (data.splits.train.values: seen, heldout: {s.heldout})"
+                )
         return self
 
 
