@@ -29,4 +29,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/data_pipeline.py
 
 clean:
-	rm -rf data/demo_text runs
+	rm -rf data/demo_text data/demo_task runs
