@@ -66,6 +66,12 @@ def test_every_shipped_grid_point_is_a_valid_config(exp, quick, tmp_path):
         assert str(ctx.exp_dir) in str(cfg.data.out_dir) or spec.base is not None
     if exp == "E3" and not quick:
         assert len(spec.points) == 15  # {none, l1 x2, l2 x2} x dropout {0, 0.1, 0.3}
+    if exp == "E2" and not quick:
+        assert len(spec.points) == 13  # 7 positions + 3 formats + 2 copy + the best recipe
+    if exp == "E4":
+        assert len(spec.points) == 3
+        tokens = {ex.point_config(ctx, p).train.total_tokens for p in spec.points}
+        assert len(tokens) == 1  # equal tokens (epochs) for every size
 
 
 def test_budget_splits_evenly_in_whole_steps(tmp_path):
@@ -73,6 +79,43 @@ def test_budget_splits_evenly_in_whole_steps(tmp_path):
     ctx = ex.Context(spec, tmp_path, "cmd", budget_minutes=60, quiet=True)
     # 60 min / 6 points * 2700 tok/s = 1,620,000 -> 98 whole steps of 16,384
     assert ex.tokens_per_run(ctx, 16384) == 98 * 16384
+
+
+def test_fixed_minutes_points_and_reserve_come_off_the_budget(tmp_path):
+    grid = [
+        {"name": "a", "overrides": []},
+        {"name": "b", "overrides": [], "tokens_per_second": 500},
+        {"name": "best", "overrides": [], "minutes": 5, "tokens_per_second": 2000},
+    ]
+    points = ex.expand_grid(grid, "t.yaml")
+    assert points[2].minutes == 5.0 and points[1].tokens_per_second == 500.0
+    spec = ex.load_spec(ex.spec_path("E1"), "E1")
+    spec.points, spec.settings, spec.tokens_per_second = points, {"reserved_minutes": 15}, 1000
+    ctx = ex.Context(spec, tmp_path, "cmd", budget_minutes=40, quiet=True)
+    # (40 - 5 fixed - 15 reserved) / 2 shared points = 10 min each
+    assert ex.point_minutes(ctx, points[0]) == ex.point_minutes(ctx, points[1]) == 10.0
+    assert ex.tokens_per_run(ctx, 1000, points[0]) == 10 * 60 * 1000
+    assert ex.tokens_per_run(ctx, 1000, points[1]) == 10 * 60 * 500
+    assert ex.tokens_per_run(ctx, 1000, points[2]) == 5 * 60 * 2000  # its own minutes, rate
+    ctx.budget_minutes = 20  # nothing left for the shared points
+    with pytest.raises(UserError, match="leaves nothing"):
+        ex.point_minutes(ctx, points[0])
+    assert ex.point_minutes(ctx, points[2]) == 5.0
+    with pytest.raises(UserError, match="minutes must be"):
+        ex.expand_grid([{"name": "x", "minutes": 0}], "t.yaml")
+
+
+def test_e2_budget_arithmetic(tmp_path):
+    spec = ex.load_spec(ex.spec_path("E2"), "E2")
+    ctx = ex.Context(spec, tmp_path, "cmd", spec.budget_minutes, quiet=True)
+    best = next(p for p in spec.points if p.name == spec.settings["best_point"])
+    assert best.minutes == 5.0
+    assert spec.settings["reserved_minutes"] == 30  # the long run
+    shared = [p for p in spec.points if p.minutes is None]
+    assert len(shared) == 12
+    assert ex.point_minutes(ctx, shared[0]) == pytest.approx((90 - 5 - 30) / 12)
+    cands = spec.settings["long_run"]["candidates"]
+    assert set(cands) <= {p.name for p in spec.points}
 
 
 # ---------------------------------------------------------------------- E1 arithmetic
@@ -123,14 +166,129 @@ def test_skewed_items_are_skewed_and_eval_items_fresh():
     assert len(fresh) == 200 and not keys & {it.key for it in fresh}
 
 
+# ---------------------------------------------------------------------- E2 items and choices
+
+
+def test_adversarial_items_are_the_hand_computed_strings():
+    items = ex.adversarial_items(3, "reversed", n_chain=0)
+    got = [(fam, it.prompt, it.completion) for fam, it in items]
+    assert got == [
+        ("9s+1", "999+1=", "0001"),  # 999 + 1 = 1000, least significant digit first
+        ("1+9s", "1+999=", "0001"),
+        ("9s+0..01", "999+100=", "0001"),  # 999 + 001, the padded 001 reversed
+        ("9s+10..01", "999+101=", "0011"),  # 999 + 101 = 1100
+    ]
+    assert [it.key for _, it in items] == [
+        "addition:999+1",
+        "addition:1+999",
+        "addition:999+001",
+        "addition:999+101",
+    ]
+    direct = ex.adversarial_items(3, "direct", n_chain=0)
+    assert [(it.prompt, it.completion) for _, it in direct] == [
+        ("999+1=", "1000"),
+        ("1+999=", "1000"),
+        ("999+001=", "1000"),
+        ("999+101=", "1100"),
+    ]
+    hints = ex.adversarial_items(2, "index_hints", n_chain=0)
+    assert [(it.prompt, it.completion) for _, it in hints] == [
+        ("b9a9+a1=", "c1b0a0"),
+        ("a1+b9a9=", "c1b0a0"),
+        ("b9a9+b0a1=", "c1b0a0"),
+        ("b9a9+b1a1=", "c1b1a0"),  # 99 + 11 = 110
+    ]
+    pad = ex.adversarial_items(3, "scratchpad", n_chain=0)
+    assert pad[2][1].prompt == "999+001="
+    assert pad[2][1].completion == "9+1+0=10;9+0+1=10;9+0+1=10|1000"
+    # coupled: the text of reversed, digits of equal significance share an id, EOS gets 0
+    coupled = dict(ex.adversarial_items(3, "coupled", n_chain=0))
+    assert coupled["9s+1"].positions == (1, 2, 3, 0, 1, 0, 1, 2, 3, 4, 0)
+    assert coupled["9s+0..01"].prompt == "999+100="
+    assert coupled["9s+0..01"].positions == (1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 4, 0)
+    # one digit: the padded and the 10..01 families coincide with 9+1 and are left out
+    assert [fam for fam, _ in ex.adversarial_items(1, "reversed", n_chain=2)] == [
+        "9s+1",
+        "1+9s",
+        "chain",
+        "chain",
+    ]
+
+
+def test_adversarial_chains_carry_through_every_digit():
+    from lengthwise.tasks import get_task
+
+    task = get_task("addition")
+    for length in (1, 2, 5, 40):
+        items = ex.adversarial_items(length, "direct", n_chain=6)
+        chains = [it for fam, it in items if fam == "chain"]
+        assert len(chains) == 6 and items == ex.adversarial_items(length, "direct", 6)
+        for it in chains:
+            a, b = map(int, it.prompt[:-1].split("+"))
+            assert len(str(a)) == len(str(b)) == length
+            assert a + b == 10**length and it.completion == str(10**length)
+            assert task.check(it, it.completion) == (True, True)
+    other = ex.adversarial_items(5, "direct", n_chain=6, seed=1)
+    assert other[4:] != ex.adversarial_items(5, "direct", n_chain=6)[4:]
+
+
+def test_e2_training_items_fit_max_len(tmp_path):
+    """The longest problem of every E2 point's training source (both operands all 9s: the
+    longest answer and scratchpad steps) fits batching.max_len with its EOS: nothing is cut."""
+    import yaml
+
+    from lengthwise.tasks import get_task
+
+    for quick in (False, True):
+        spec = ex.load_spec(ex.spec_path("E2"), "E2", quick=quick)
+        ctx = ex.Context(spec, tmp_path / str(quick), "cmd", spec.budget_minutes, quiet=True)
+        ctx.base_path = tmp_path / "base.yaml"
+        ctx.base_path.write_text(yaml.safe_dump(spec.config).replace("{exp_dir}", "x"))
+        for point in spec.points:
+            cfg = ex.point_config(ctx, point)
+            src = cfg.data.splits["train"]
+            task = get_task(src.task, **src.params)
+            hi = src.lengths[1]
+            worst = "9" * hi if src.task == "copy" else (10**hi - 1, 10**hi - 1)
+            item = task.render(worst, src.format)
+            assert len(item.prompt) + len(item.completion) + 1 <= cfg.batching.max_len, point.name
+
+
+def test_select_long_candidate_by_the_multiple_then_lower_ones():
+    def row(name, accs):
+        return {"name": name, "accuracy": [{"multiple": m, "acc": a} for m, a in accs.items()]}
+
+    rows = [
+        row("a", {1: 1.0, 2: 0.5, 4: 0.0}),
+        row("b", {1: 1.0, 2: 0.6, 4: 0.0}),
+        row("c", {1: 1.0, 2: 0.9, 4: 0.0}),
+        row("d", {1: 0.2, 2: 0.1, 4: 0.3}),
+    ]
+    assert ex.select_long_candidate(rows, ["a", "b", "d"], 4)["name"] == "d"
+    assert ex.select_long_candidate(rows, ["a", "b"], 4)["name"] == "b"  # tie at 4x: 2x decides
+    assert ex.select_long_candidate(rows, ["a", "b", "c"], 2)["name"] == "c"
+    assert ex.select_long_candidate(rows[:1] * 2, ["a"], 4) is rows[0]  # first of equals
+    assert ex.select_long_candidate(rows, [], 4) is None
+
+
+def test_critical_moves_right():
+    assert ex.critical_moves_right([(100, 1), (10, 0), (1000, 2)]) is True
+    assert ex.critical_moves_right([(100, 2), (1000, 2), (10, 1)]) is True
+    assert ex.critical_moves_right([(10, 2), (100, 1), (1000, 3)]) is False
+    assert ex.critical_moves_right([(10, 1), (100, 1)]) is False  # it does not move
+    assert ex.critical_moves_right([(10, 1), (100, None)]) is None
+    assert ex.critical_moves_right([(10, 1)]) is None
+
+
 # ---------------------------------------------------------------------- CLI
 
 
-@pytest.mark.parametrize("exp", ["E2", "E4"])
-def test_unimplemented_experiments_exit_2_with_one_line(exp, capsys):
-    assert main(["experiment", exp]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "not implemented yet" in err and len(err.splitlines()) == 1
+def test_every_cli_choice_is_implemented():
+    assert ex.CHOICES == ("E1", "E2", "E3", "E4", "E5")
+    assert not hasattr(ex, "NOT_IMPLEMENTED")
+    for exp in ex.CHOICES:
+        assert ex.spec_path(exp).is_file()
+        assert ex.RUNNERS[exp].__name__ == f"run_{exp.lower()}"
 
 
 def test_bad_budget_is_a_user_error(capsys, tmp_path):
@@ -141,7 +299,7 @@ def test_bad_budget_is_a_user_error(capsys, tmp_path):
 # ---------------------------------------------------------------------- quick runs (slow)
 
 
-def _run(exp, tmp_path, monkeypatch):
+def _run(exp, tmp_path, monkeypatch, table_lines=None):
     monkeypatch.chdir(ROOT)  # E1 reads data/demo_text relative to the checkout
     assert main(["experiment", exp, "--quick", "--quiet", "--out", str(tmp_path)]) == 0
     out = tmp_path / exp
@@ -149,7 +307,8 @@ def _run(exp, tmp_path, monkeypatch):
     md = (out / "results.md").read_text()
     assert f"lengthwise experiment {exp} --quick --out {tmp_path}" in md.splitlines()[3]
     table = [line for line in md.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + len(results["points"])  # header, rule, one row per point
+    # header, rule, one row per point (unless the experiment writes more tables)
+    assert len(table) == (table_lines or 2 + len(results["points"]))
     assert "\n\n| " in md  # a blank line before the table
     assert results["quick"] is True and results["command"].startswith("lengthwise experiment")
     return out, results
@@ -252,3 +411,96 @@ def test_e5_quick_correlations_match_the_written_items(tmp_path, monkeypatch):
         assert [min(counts[a], counts[b]) for a, b in keys] == list(freq[:40])
         assert not math.isnan(p["accuracy"])
     assert (out / "e5_frequency_hist.png").is_file()
+
+
+@pytest.mark.slow
+def test_e2_quick_accuracies_and_adversarial_items_match_the_exports(tmp_path, monkeypatch):
+    from lengthwise.config import load_config
+    from lengthwise.data.sources import task_source_items
+    from lengthwise.eval.accuracy import score_items
+    from lengthwise.eval.lengthwise_lm import LengthwiseLM
+    from lengthwise.tasks import generate_items, get_task
+
+    out, results = _run("E2", tmp_path, monkeypatch)
+    spec = ex.load_spec(ex.spec_path("E2"), "E2", quick=True)
+    grid = [p.name for p in spec.points]
+    long = results["long_run"]
+    sweep = [p for p in results["points"] if p["name"] in grid]
+    chosen = ex.select_long_candidate(sweep, long["candidates"], long["select_multiple"])
+    assert long["chosen"] == chosen["name"] and long["point"] == f"long_{chosen['name']}"
+    assert [p["name"] for p in results["points"]] == [*grid, long["point"]]
+    multiples = results["multiples"]
+    assert multiples == [1.0, 2.0, 4.0]
+    for p in results["points"]:
+        assert [a["multiple"] for a in p["accuracy"]] == multiples
+        assert [a["length"] for a in p["accuracy"]] == [10, 20, 40]
+        for a in p["accuracy"]:
+            assert 0.0 <= a["acc"] <= 1.0 and a["n"] == 20 and a["acc"] == a["correct"] / 20
+        summary = json.loads((Path(p["run_dir"]) / "summary.json").read_text())
+        assert p["train_wall_seconds"] == summary["wall_seconds"] and p["train_cpu_seconds"] > 0
+        assert p["tokens"] == summary["tokens"]
+        adv = p["adversarial"]
+        if p["task"] != "addition":
+            assert adv is None
+            continue
+        # every family at every test length, exactly the generator's items
+        saved = json.loads(Path(adv["file"]).read_text())["items"]
+        expect = [
+            (fam, length, it.key)
+            for length in (10, 20, 40)
+            for fam, it in ex.adversarial_items(length, p["format"], 2)
+        ]
+        assert [(i["family"], i["length"], i["key"]) for i in saved] == expect
+        assert adv["n"] == len(expect) == 3 * 6
+        assert adv["acc"] == pytest.approx(sum(i["correct"] for i in saved) / len(saved))
+        for fam in ex.ADVERSARIAL:
+            mine = [i["correct"] for i in saved if i["family"] == fam]
+            assert adv["by_family"][fam]["n"] == len(mine) == (3 if fam != "chain" else 6)
+            assert adv["by_family"][fam]["acc"] == pytest.approx(sum(mine) / len(mine))
+    # one point re-scored independently: the 2x items of the lengths suite, and the adversarial
+    best = next(p for p in results["points"] if p["name"] == results["best_point"])
+    lm = LengthwiseLM.from_export(Path(best["run_dir"]) / "export")
+    task = get_task("addition")
+    src = load_config(Path(best["run_dir"]) / "config.yaml").data.splits["train"]
+    keys = {it.key for it in task_source_items(src)}
+    items = list(generate_items(task, (20, 20), 20, "coupled", 10_000 + 200, exclude=keys))
+    assert best["accuracy"][1]["acc"] == score_items(lm, task, items).accuracy
+    adv_items = [it for _, it in ex.adversarial_items(40, "coupled", 2)]
+    score = score_items(lm, task, adv_items)
+    assert score.accuracy == best["adversarial"]["by_length"]["40"]["acc"]
+    t = results["targets"]["best"]
+    assert t["point"] == best["name"] and t["acc"] == best["accuracy"][2]["acc"]  # at 4x (quick)
+    assert t["met"] == (t["acc"] >= 0.99 and t["train_cpu_minutes"] <= 5)
+    assert results["targets"]["general"]["point"] == long["point"]
+    assert (out / "e2_length_accuracy.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_e4_quick_valley_per_size_matches_the_suite_files(tmp_path, monkeypatch):
+    from lengthwise.eval.valley import valley_table
+
+    # a summary table (3 sizes) and one table of 5 levels per size: 5 + 3 x 7 lines
+    out, results = _run("E4", tmp_path, monkeypatch, table_lines=5 + 3 * 7)
+    assert [p["name"] for p in results["points"]] == ["d32", "d64", "d128"]
+    params = [p["params"] for p in results["points"]]
+    assert params == sorted(params) and len(set(params)) == 3
+    assert len({p["tokens"] for p in results["points"]}) == 1  # equal budgets in tokens
+    for p in results["points"]:
+        valley = json.loads(Path(p["valley_json"]).read_text())
+        assert valley["levels"] == p["levels"] and valley["critical"] == p["critical"]
+        table = valley_table(valley["rows"])  # recomputed from the per-task counts
+        assert table["levels"] == p["levels"] and table["critical"] == p["critical"]
+        assert [lv["level"] for lv in p["levels"]] == [0, 1, 2, 3, 4]
+        for lv in p["levels"]:
+            assert lv["id_total"] == lv["ood_total"] == 20 * len(lv["tasks"])
+            for side in ("id", "ood"):
+                assert 0.0 <= lv[f"{side}_acc"] <= 1.0
+        assert sorted(r["task"] for r in valley["rows"]) == sorted(p["tasks"])
+        assert results["critical_levels"][p["name"]] == (
+            p["critical"]["level"] if p["critical"] else None
+        )
+        assert (out / f"e4_{p['name']}_valley.png").is_file()
+    assert results["moves_right"] == ex.critical_moves_right(
+        [(p["params"], results["critical_levels"][p["name"]]) for p in results["points"]]
+    )
+    assert (out / "e4_valley_by_size.png").stat().st_size > 1000
