@@ -197,9 +197,9 @@ class ModelConfig(Strict):
     # random subset of [0, random_positions_max); 0 = off.
     random_positions_max: int = Field(default=0, ge=0)
     # relative_bias: per-head learned bias on position differences clipped to max_distance;
-    # window > 0 also masks keys more than `window` positions back.
+    # window > 0 also masks keys whose position differs by `window` or more.
     max_distance: int = Field(default=128, ge=1)
-    # relative_bias: mask keys more than `window` positions back (0 = off)
+    # relative_bias: keys with |position_ids[q] - position_ids[k]| >= window masked (0 = off)
     window: int = Field(default=0, ge=0)
     # abacus (McLeish et al. 2024): token ids of the digits 0-9, each digit embedded by its index
     # within its number (1-based); a random offset in [0, abacus_offset] is added in training.

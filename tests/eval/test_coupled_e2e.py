@@ -7,7 +7,10 @@ it): a 1-layer model trained on reversed addition of 1-5 digit operands, with on
 measured on the 2-core dev machine (about 35 s):
 
     digits   5 (1x)   10 (2x)   20 (4x)   40 (8x)
-    acc      1.00     1.00      1.00      0.96      (100 fresh items each)
+    acc      1.00     1.00      0.98      0.98      (100 fresh items each; window over |id
+                                                     difference|, 2026-11-29)
+    acc      1.00     1.00      1.00      0.96      (the earlier one-sided window: keys with
+                                                     higher ids visible)
 
 The same run without the window (every key visible, relative bias clipped at 4) reaches 1.00 at
 1x but 0.12 at 2x and 0.00 at 4x; the `reversed` format (ids 0, 1, ... per document) with the

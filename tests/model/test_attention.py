@@ -12,7 +12,13 @@ import warnings
 import pytest
 import torch
 
-from lengthwise.model.attention import AttnMask, attention, choose_cpu_backend, dense_reference
+from lengthwise.model.attention import (
+    AttnMask,
+    attention,
+    choose_cpu_backend,
+    dense_reference,
+    kv_mask,
+)
 
 
 def random_layout(B: int, T: int, g: torch.Generator) -> torch.Tensor:
@@ -173,6 +179,27 @@ def test_window_gives_zero_weight_beyond_window():
         assert (weights[~visible[:, None].expand_as(weights)] == 0).all(), backend
         assert (weights[visible[:, None].expand_as(weights)] > 0).all(), backend
         torch.testing.assert_close(weights.sum(-1), torch.ones(B, H, T))
+
+
+def test_window_over_task_ids_masks_both_directions():
+    """Coupled ids (321+54=861<eos>) do not grow along the row: a key with a much *higher* id
+    than its query is out of the window too, in every backend and in the KV-cache mask."""
+    pos = torch.tensor([[1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 0]])
+    T, W = pos.shape[1], 2
+    idx = torch.arange(T)
+    visible = (idx[None, :] <= idx[:, None]) & ((pos[0][:, None] - pos[0][None, :]).abs() < W)
+    assert not visible[4, 2] and visible[4, 3] and visible[4, 0]  # id 1 sees ids 0..2, not 3
+    assert not visible[7, 2]  # the first answer digit (id 1) does not see operand digit id 3
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, T, T, generator=g), torch.randn(1, 1, T, T, generator=g)
+    v = torch.eye(T).expand(1, 1, T, T)
+    mask = AttnMask(torch.zeros(1, T, dtype=torch.long), pos, W)
+    for backend in ("per_doc", "dense", "flex"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            weights = attention(q, k, v, mask, None, backend=backend)[0, 0]
+        assert torch.equal(weights > 0, visible), backend
+    assert torch.equal(kv_mask(pos[:, 7:], pos, None, W)[0, 0], visible[7:])
 
 
 def test_padding_rows_stay_finite():

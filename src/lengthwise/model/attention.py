@@ -106,7 +106,10 @@ class AttnMask:
     Attention from query q to key k is allowed iff k <= q, q and k lie in the same segment (a
     run of equal doc_ids; with doc ids numbered as the Batch contract says, that is
     doc_ids[q] == doc_ids[k], padding -1 attending only to padding), and
-    position_ids[q] - position_ids[k] < window (when window > 0).
+    |position_ids[q] - position_ids[k]| < window (when window > 0). With positions that grow
+    along the row (text) only the lower bound matters: a sliding window over the last `window`
+    positions. With task ids (position coupling) keys with *higher* ids are masked too: an
+    answer digit sees the operand digits near its own significance, not every later one.
     """
 
     doc_ids: Tensor | None = None  # (B, T) segment index per row, -1 = padding; None: one doc
@@ -166,7 +169,8 @@ class AttnMask:
                 allowed = allowed & (seg[:, None, :, None] == seg[:, None, None, :])
             if self.window > 0:
                 pos = self.position_ids.to(device)  # type: ignore[union-attr]
-                allowed = allowed & (pos[:, None, :, None] - pos[:, None, None, :] < self.window)
+                diff = pos[:, None, :, None] - pos[:, None, None, :]
+                allowed = allowed & (diff.abs() < self.window)
             self._cache[key] = allowed
         return self._cache[key]
 
@@ -185,7 +189,7 @@ class AttnMask:
                 if doc is not None:
                     ok = ok & (doc[b, q_idx] == doc[b, kv_idx])
                 if pos is not None:
-                    ok = ok & (pos[b, q_idx] - pos[b, kv_idx] < window)
+                    ok = ok & ((pos[b, q_idx] - pos[b, kv_idx]).abs() < window)
                 return ok
 
             rows = doc if doc is not None else pos
@@ -329,7 +333,7 @@ def _per_doc(
         if pos is not None:  # causal & window, from the segment's own positions
             p = pos[i].view(n, L)
             causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
-            seg_mask = ((p[:, :, None] - p[:, None, :] < mask.window) & causal)[:, None]
+            seg_mask = (((p[:, :, None] - p[:, None, :]).abs() < mask.window) & causal)[:, None]
         if biases is not None:
             if seg_mask is None:
                 seg_mask = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
@@ -378,7 +382,7 @@ def _flex(q: Tensor, k: Tensor, v: Tensor, mask: AttnMask, bias: Tensor | None) 
 def kv_mask(q_pos: Tensor, k_pos: Tensor, key_valid: Tensor | None, window: int = 0) -> Tensor:
     """(B, 1, Tq, Tk) bool, True = may attend, for Tq new queries that are the last Tq of Tk keys
     (a KV cache holds the first Tk - Tq): query i sees key j iff j <= Tk - Tq + i, the key is not
-    padding (`key_valid` (B, Tk), None = all real), and q_pos[i] - k_pos[j] < window when
+    padding (`key_valid` (B, Tk), None = all real), and |q_pos[i] - k_pos[j]| < window when
     window > 0. A padding query always sees itself: a row with no key is 0 in CPU SDPA of torch
     2.13 but NaN in other kernels, and 0 x NaN in the next layer would reach the real tokens."""
     B, Tq = q_pos.shape
@@ -389,7 +393,8 @@ def kv_mask(q_pos: Tensor, k_pos: Tensor, key_valid: Tensor | None, window: int 
     if key_valid is not None:
         allowed = allowed & (key_valid[:, None, None, :] | (kj == qi)[None, None])
     if window > 0:
-        allowed = allowed & (q_pos[:, None, :, None] - k_pos[:, None, None, :] < window)
+        diff = q_pos[:, None, :, None] - k_pos[:, None, None, :]
+        allowed = allowed & (diff.abs() < window)
     return allowed.expand(B, 1, Tq, Tk)
 
 

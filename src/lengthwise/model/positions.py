@@ -43,7 +43,7 @@ class PositionInfo:
     emb: Tensor | None = None  # (B, T, C), added to the token embeddings
     rope: tuple[Tensor, Tensor] | None = None  # cos, sin: (B, 1, T, D) float32
     bias: Tensor | None = None  # (B, H, T, T) additive attention bias; (B, H, T, Tk) with a cache
-    window: int = 0  # > 0: keys with position_ids[q] - position_ids[k] >= window (as used) masked
+    window: int = 0  # > 0: keys with |position_ids[q] - position_ids[k]| >= window masked
     abacus: Tensor | None = None  # (B, T) abacus indices (abacus only), the next step's state
 
 
