@@ -102,7 +102,8 @@ def test_budget_plan_fits_ten_minutes_and_builds_valid_configs(tmp_path):
     assert [s.n for s in task_sets] == [budget.task_eval_n] * 3
     assert [s.lengths for s in task_sets] == [[1, 8], [9, 16], [17, 32]]
     assert [s.tag for s in task_sets] == ["id", "ood", "ood"]
-    assert task.model.position == "abacus"
+    assert task.model.position == "relative_bias" and task.model.window == 2  # coupling recipe
+    assert task.data.splits["train"].format == "coupled"
 
 
 def test_a_slow_machine_still_gets_a_minimum_budget(tmp_path):

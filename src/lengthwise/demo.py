@@ -13,9 +13,10 @@ One function per stage, called in order by `run_demo`:
                     across documents) and `decomposition` + `grow_p2` (Dataset Decomposition);
                     eval sets val (held-out kernel docs, id) and ood (PostgreSQL docs).
 5. `text_lengths`   per-position loss out to 4x the training length (`eval --suite lengths`).
-6. `train_task`     reversed addition on 1-8 digit numbers with abacus positions, tested on 9-16
-                    (2x) and 17-32 (4x) digit numbers during training: OOD monitor, early
-                    stopping, best checkpoint restored. Its token budget is what time is left.
+6. `train_task`     addition on 1-8 digit numbers with position coupling (configs/demo_task.yaml,
+                    E2's best recipe), tested on 9-16 (2x) and 17-32 (4x) digit numbers during
+                    training: OOD monitor, early stopping, best checkpoint restored. Its token
+                    budget is what time is left.
 7. `task_lengths`   accuracy at exactly 8, 16 and 32 digits (`eval --suite lengths`).
 8. `write_report`   OUT/report.html (`lengthwise report` on the three runs).
 9. `summary_table`  one line per run, printed at the end.
@@ -415,7 +416,7 @@ def text_lengths(demo: Demo, budget: Budget, run: RunResult) -> None:
 
 
 def train_task(demo: Demo, budget: Budget, speed: Speed) -> RunResult:
-    """Stage 6: reversed addition, 1-8 digits, evaluated at 1x/2x/4x during training with the
+    """Stage 6: coupled addition, 1-8 digits, evaluated at 1x/2x/4x during training with the
     OOD monitor and early stopping (best checkpoint restored). Token budget: the time left."""
     from lengthwise.train.trainer import train
 
