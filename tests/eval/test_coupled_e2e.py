@@ -19,7 +19,6 @@ window, or with rope, does not learn 1x in this budget (0.00).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,14 +32,7 @@ from lengthwise.train.trainer import Trainer, train
 SCALES = {"1x": 5, "2x": 10, "4x": 20, "8x": 40}  # digits per operand; training: 1..5
 
 
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """A 1-layer d=64 model: a second thread only waits on the busy shared core (measured
-    30x slower with 2 threads under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def config(tmp_path: Path, total_tokens: int, n_eval: int, scales: dict[str, int]) -> Config:

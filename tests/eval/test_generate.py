@@ -8,7 +8,6 @@ loop (64 prompts x 40 new tokens, d_model 128, 4 layers)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -39,13 +38,7 @@ CASES = [
 IDS = [c[0] for c in CASES]
 
 
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """Tiny tensors: one thread avoids waiting on a busy second core (see tests/model)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def make(vocab_size: int = V, digit_ids: list[int] = DIGIT_IDS, **kw) -> GPT:

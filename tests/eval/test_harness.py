@@ -10,11 +10,9 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 lm_eval = pytest.importorskip("lm_eval")
 
@@ -63,12 +61,7 @@ def inst(request_type: str, *args, idx: int = 0) -> Instance:
     return Instance(request_type=request_type, doc={}, arguments=tuple(args), idx=idx)
 
 
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def test_loglikelihood_passes_pairs_through() -> None:

@@ -10,8 +10,6 @@ accuracy 0.05 -> best 0.91 / 0.92 -> 0.56 / 0.65 at the stop (patience 15 evals)
 noise the same run reaches 1.00 and is still at 1.00 when it stops (the fall is the
 memorization of the wrong answers, not the schedule)."""
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -29,13 +27,7 @@ PATIENCE = 15
 DROP = 0.05
 
 
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """A 2-layer d=64 model: one thread is as fast as two, and not slowed by a busy core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def config(tmp_path) -> Config:
