@@ -66,7 +66,7 @@ def type_name(annotation: Any) -> str:
         return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
     if annotation is Path:
         return "path"
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    if _is_model(annotation):
         return "section"
     return getattr(annotation, "__name__", str(annotation))
 
@@ -91,14 +91,18 @@ def default_text(field: Any) -> str:
 
 def _nested(annotation: Any) -> tuple[type[BaseModel], str] | None:
     """The model inside a section field, with the key suffix it is documented under."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    if _is_model(annotation):
         return annotation, ""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+    if origin is list and args and _is_model(args[0]):
         return args[0], "[]"
-    if origin is dict and len(args) == 2 and issubclass(args[1], BaseModel):
+    if origin is dict and len(args) == 2 and _is_model(args[1]):
         return args[1], ".<name>"
     return None
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _section(model: type[BaseModel], key: str) -> list[str]:
