@@ -131,3 +131,26 @@ def test_valley_of_the_hugging_face_export_equals_ours(task_run, tmp_path):
 def test_eval_errors(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "--suite", "valley"]) == 2
     assert "pass --config" in capsys.readouterr().err
+
+
+def test_position_losses_refuses_coupled_stores(tmp_path):
+    from lengthwise.data.store import TokenStore
+    from lengthwise.errors import UserError
+    from lengthwise.eval.suites import position_losses
+
+    tree = {
+        "data": {
+            "out_dir": str(tmp_path / "data"),
+            "tokenizer": {"kind": "char"},
+            "splits": {
+                "train": {"kind": "task", "task": "addition", "lengths": [1, 3], "n": 20,
+                          "format": "coupled"},
+            },
+        },
+        "batching": {"strategy": "pad", "tokens_per_step": 256, "max_len": 32},
+    }
+    cfg = Config.model_validate(tree)
+    prepare(cfg.data, progress=False)
+    store = TokenStore(cfg.data.out_dir / "train")
+    with pytest.raises(UserError, match="coupled position ids"):
+        position_losses(None, store, cfg.data.out_dir / "tokenizer.json", 64, 4)

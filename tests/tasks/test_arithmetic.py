@@ -123,6 +123,64 @@ def test_addition_padded():
     assert pad.render((123, 456), "direct").key == ADD.render((123, 456), "direct").key
 
 
+def test_addition_zero_pad():
+    zp = get_task("addition", zero_pad=True)
+    render_check(zp, (123, 45), "direct", "123+045=", "0168", "0168")
+    render_check(zp, (123, 45), "reversed", "321+540=", "8610", "8610")
+    render_check(zp, (999, 1), "index_hints", "c9b9a9+c0b0a1=", "d1c0b0a0", "d1c0b0a0")
+    render_check(zp, (7, 1234), "scratchpad", "0007+1234=",
+                 "7+4+0=11;0+3+1=4;0+2+0=2;0+1+0=1|01241", "01241")
+    item = render_check(zp, (321, 5), "coupled", "123+500=", "6230", "6230")
+    assert item.positions == (1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 4, 0)
+    assert item.key == "addition:321+005" and item.terms == ("321", "5")
+    assert item.length == 3
+
+
+def test_addition_zero_pad_sample():
+    import random
+
+    rng = random.Random(0)
+    zp = get_task("addition", zero_pad=True)
+    shorter = [0, 0]
+    for _ in range(2000):
+        a, b = zp.sample(rng, 4)
+        assert max(len(str(a)), len(str(b))) == 4  # the length is the longer operand's
+        shorter[0] += len(str(a)) < 4
+        shorter[1] += len(str(b)) < 4
+        assert zp.render((a, b), "direct").prompt.count("+") == 1
+        assert len(zp.render((a, b), "direct").prompt) == 4 + 1 + 4 + 1
+    # the other operand is uniform below 10^4 (10% shorter), on either side half the time
+    assert 60 < shorter[0] < 140 and 60 < shorter[1] < 140
+
+
+def test_random_hints():
+    from lengthwise.tasks.registry import HINTS, hint_start
+
+    add = get_task("addition", random_hints=True)
+    item = add.render((123, 45), "index_hints")
+    s = hint_start("addition:123+45")
+    assert s == 4  # a fixed hash: the same start in every run
+    assert (item.prompt, item.completion) == ("g1f2e3+f4e5=", "g1f6e8")
+    assert add.check(item, "g1f6e8") == (True, True)
+    assert add.check(item, "g1f6e9") == (True, False)
+    assert add.check(item, "g1e6f8") == (True, False)  # hints out of order
+    # the starts spread over every letter (training sees hints far beyond its lengths)
+    starts = {hint_start(f"addition:{a}+{a + 1}") for a in range(2000)}
+    assert starts == set(range(len(HINTS)))
+    # wrap-around: a start near the end of the letters continues at a
+    key = next(f"copy:{i:03d}" for i in range(1000) if hint_start(f"copy:{i:03d}") == 51)
+    copy = get_task("copy", random_hints=True)
+    assert copy.render(key[5:], "index_hints").prompt == f"copy:Z{key[5]}a{key[6]}b{key[7]}="
+    mul = get_task("multiplication", random_hints=True)
+    m = mul.render((123, 4), "index_hints")
+    assert mul.check(m, m.completion) == (True, True)
+    assert m.prompt != MUL.render((123, 4), "index_hints").prompt or hint_start(m.key) == 0
+    with pytest.raises(ValueError, match="random_hints"):
+        get_task("copy", random_hints="yes")
+    with pytest.raises(ValueError, match="zero_pad"):
+        get_task("addition", zero_pad=1)
+
+
 def test_addition_check_grammar():
     d = ADD.render((123, 45), "direct")
     assert ADD.check(d, "169") == (True, False)
@@ -187,7 +245,7 @@ def test_multiplication_k():
     import random
 
     task = get_task("multiplication", k=3)
-    assert task.params == {"k": 3}
+    assert task.params == {"k": 3, "random_hints": False}
     rng = random.Random(1)
     for n in (1, 4, 12):
         a, b = task.sample(rng, n)

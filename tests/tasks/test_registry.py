@@ -52,8 +52,8 @@ def test_get_task_errors():
         get_task("addition", k=2)
     with pytest.raises(ValueError):
         get_task("addition", pad="yes")
-    assert get_task("multiplication", k=2).params == {"k": 2}
-    assert repr(get_task("multiplication", k=2)) == "Multiplication(k=2)"
+    assert get_task("multiplication", k=2).params == {"k": 2, "random_hints": False}
+    assert repr(get_task("multiplication", k=2)) == "Multiplication(k=2, random_hints=False)"
 
 
 def test_check_refuses_other_tasks_items():

@@ -121,7 +121,13 @@ def position_losses(
     lm: EvalLM, store: TokenStore, tokenizer_path: Path, n_tokens: int, n_docs: int
 ) -> tuple[list[float], int]:
     """Mean loss at each position 0..n_tokens-2 over the longest documents of a store (text
-    re-encoded by the model's own tokenizer, so any model can be scored); the documents used."""
+    re-encoded by the model's own tokenizer, so any model can be scored); the documents used.
+    Stores with coupled position ids are refused: re-encoded text would lose them."""
+    if store.positions is not None:
+        raise UserError(
+            f"--suite lengths: {store.path} holds coupled position ids; the per-position loss "
+            "reads plain text (name a text split with --text-split)"
+        )
     tok = load_tokenizer(tokenizer_path)
     order = np.argsort(-store.lengths, kind="stable")[: 4 * n_docs]
     sums = np.zeros(n_tokens - 1)

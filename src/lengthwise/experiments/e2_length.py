@@ -29,7 +29,8 @@ from lengthwise.experiments.framework import (
 
 # Adversarial carry families of `adversarial_items`, at L digits:
 #   9s+1       (10^L - 1) + 1             the second operand one digit long (as the task renders
-#                                         it: training never pairs operands of unequal length)
+#                                         it: without zero_pad training never pairs operands of
+#                                         unequal length; with it, the same as 9s+0..01)
 #   1+9s       1 + (10^L - 1)             the same, operands swapped
 #   9s+0..01   (10^L - 1) + 1, the 1 zero-padded to L digits (999+001): the same carry chain
 #                                         with operands of equal length
@@ -38,30 +39,15 @@ from lengthwise.experiments.framework import (
 ADVERSARIAL = ("9s+1", "1+9s", "9s+0..01", "9s+10..01", "chain")
 
 
-def _number_text(digits: str, fmt: str) -> str:
-    """A decimal string as the addition task writes an operand in `fmt`."""
-    from lengthwise.tasks.registry import hint_number
-
-    if fmt in ("reversed", "coupled"):
-        return digits[::-1]
-    if fmt == "index_hints":
-        return hint_number(digits)
-    return digits  # direct, scratchpad (whose prompt is the direct one)
-
-
 def adversarial_items(
     length: int, fmt: str, n_chain: int = 8, seed: int = 0, params: dict | None = None
 ) -> list[tuple[str, Any]]:
     """(family, Item) pairs of addition problems with a carry through all `length` digits (see
-    ADVERSARIAL), rendered by ``get_task('addition', **params).render((a, b), fmt)``. The
-    zero-padded family rewrites the rendered prompt with the padded operand (and, for
-    ``coupled``, recomputes the ids with the task's rule); its answer is the task's. Families
-    that coincide with ``9s+1`` at one digit are left out there. `n_chain` random chains,
-    deterministic from (seed, length)."""
-    import dataclasses
-
+    ADVERSARIAL), rendered by ``get_task('addition', **params).render((a, b), fmt)``; the
+    zero-padded family by the same task with ``zero_pad`` (whose answer, L + 1 digits, is the
+    same text). Families that coincide with ``9s+1`` at one digit are left out there.
+    `n_chain` random chains, deterministic from (seed, length)."""
     from lengthwise.tasks import get_task
-    from lengthwise.tasks.registry import EOS_POSITION
 
     if not isinstance(length, int) or length < 1:
         raise ValueError(f"adversarial_items: length must be an int >= 1, got {length!r}")
@@ -69,16 +55,8 @@ def adversarial_items(
     nines = 10**length - 1
     out = [("9s+1", task.render((nines, 1), fmt)), ("1+9s", task.render((1, nines), fmt))]
     if length > 1:
-        item = task.render((nines, 1), fmt)
-        sa, sb = str(nines), "1".zfill(length)
-        prompt = f"{_number_text(sa, fmt)}+{_number_text(sb, fmt)}="
-        positions = None
-        if item.positions is not None:
-            positions = (*task.positions_for(prompt, item.completion), EOS_POSITION)
-        padded = dataclasses.replace(
-            item, prompt=prompt, key=f"addition:{sa}+{sb}", terms=(sa, sb), positions=positions
-        )
-        out.append(("9s+0..01", padded))
+        padded = get_task("addition", **{**(params or {}), "zero_pad": True})
+        out.append(("9s+0..01", padded.render((nines, 1), fmt)))
         out.append(("9s+10..01", task.render((nines, 10 ** (length - 1) + 1), fmt)))
     rng = random.Random(f"lengthwise.e2.chain:{seed}:{length}")
     for _ in range(n_chain):

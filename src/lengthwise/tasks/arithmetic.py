@@ -25,7 +25,11 @@ scratchpad lists the running parity after each bit::
 
 addition (O(N); all five formats), two `length`-digit operands. The scratchpad goes from the
 units up, one step ``x+y+carry=sum`` per digit (the sum's last digit is written, its tens digit
-is the next carry). With ``pad=True`` the answer always has length+1 digits (leading zero kept)::
+is the next carry). With ``pad=True`` the answer always has length+1 digits (leading zero kept).
+With ``zero_pad=True`` one operand has `length` digits and the other any value below 10^length
+(so operands of unequal length occur), both written with leading zeros to the longer one's
+digits, and the answer with one digit more: every problem of a length has the same layout, and
+``999+1`` is written ``999+001`` (the probe setup of issue 5 and Lee et al. 2023)::
 
     direct       123+45=               -> 168
     reversed     321+54=               -> 861
@@ -35,6 +39,7 @@ is the next carry). With ``pad=True`` the answer always has length+1 digits (lea
     coupled      321+54=               -> 861     (text of reversed, plus position ids)
                  1 2 3 0 1 2 0         -> 1 2 3 0 (the last id is EOS's)
     (pad=True)   123+456=              -> 0579
+    (zero_pad)   123+45=               -> 123+045= -> 0168
 
 multiplication (O(N..N^2); all five formats), a `length`-digit times a `k`-digit operand
 (parameter k, default 1). The scratchpad lists one partial product per digit of the second
@@ -46,6 +51,12 @@ operand, from the units up (the digit times its place value), and the answer is 
     index_hints  c1b2a3*b4a5=          -> d5c5b3a5
     coupled      321*54=               -> 5355
                  1 2 3 0 1 2 0         -> 1 2 3 4 0
+
+Every task with ``index_hints`` takes ``random_hints=True``: the hints start at a letter picked
+per problem (registry.hint_start) instead of ``a``, so letters beyond the trained lengths occur
+in training (Zhou et al. 2024)::
+
+    index_hints  c1b2a3+b4a5=  (random_hints: start 4 for 123+45) -> g1f2e3+f4e5= -> g1f6e8
 
 Coupled position ids (registry.coupled_ids, both tasks): the j-th least significant digit of
 each operand and of the answer gets id j, every other character and EOS get 0, so the digits
@@ -70,6 +81,7 @@ from lengthwise.tasks.registry import (
     Task,
     coupled_ids,
     hint_number,
+    hint_start,
     hint_string,
     is_digits,
     parse_number,
@@ -94,10 +106,26 @@ def _pair(problem: Any) -> tuple[int, int]:
     return a, b
 
 
+def _check_bool(task: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{task}: {name} must be true or false, got {value!r}")
+
+
 class _DigitString(Task):
     complexity = "O(N)"
     formats = ("direct", "index_hints")
     chars = string.digits
+
+    def __init__(self, random_hints: bool = False) -> None:
+        _check_bool(self.name, "random_hints", random_hints)
+        self.random_hints = random_hints
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"random_hints": self.random_hints}
+
+    def _hints(self, s: str) -> str:
+        return hint_string(s, hint_start(f"{self.name}:{s}") if self.random_hints else 0)
 
     def sample(self, rng: random.Random, length: int) -> str:
         self._check_length(length)
@@ -109,7 +137,7 @@ class _DigitString(Task):
         return problem
 
     def _prompt(self, s: str, fmt: str) -> str:
-        return f"{self.name}:{hint_string(s) if fmt == 'index_hints' else s}="
+        return f"{self.name}:{self._hints(s) if fmt == 'index_hints' else s}="
 
 
 @register
@@ -123,7 +151,7 @@ class Copy(_DigitString):
         self._check_fmt(fmt)
         s = self._validate(problem)
         if fmt == "index_hints":
-            h = hint_string(s)
+            h = self._hints(s)
             answer = "".join(self._transform([h[i : i + 2] for i in range(0, len(h), 2)]))
         else:
             answer = "".join(self._transform(list(s)))
@@ -167,22 +195,29 @@ class Parity(_DigitString):
 class _Arithmetic(Task):
     formats = ("direct", "reversed", "scratchpad", "index_hints", "coupled")
     op: str
+    random_hints: bool = False
 
     def positions_for(self, prompt: str, completion: str) -> list[int]:
         return coupled_ids(prompt + completion)
 
-    def _number(self, digits: str, fmt: str) -> str:
+    def _number(self, digits: str, fmt: str, start: int) -> str:
         if fmt in ("reversed", "coupled"):
             return digits[::-1]
         if fmt == "index_hints":
-            return hint_number(digits)
+            return hint_number(digits, start)
         return digits
 
-    def _render(self, a: int, b: int, result: str, fmt: str, length: int, steps: list[str]) -> Item:
+    def _render(
+        self, a: int, b: int, result: str, fmt: str, length: int, steps: list[str], width: int = 0
+    ) -> Item:
+        """`width`: both operands written with leading zeros to that many digits (zero_pad; the
+        key shows them too, the terms do not)."""
         sa, sb = str(a), str(b)
-        prompt = f"{self._number(sa, fmt)}{self.op}{self._number(sb, fmt)}="
-        answer = self._number(result, fmt)
-        key = f"{self.name}:{sa}{self.op}{sb}"
+        key = f"{self.name}:{sa.zfill(width)}{self.op}{sb.zfill(width)}"
+        start = hint_start(key) if self.random_hints else 0
+        pa, pb = (self._number(x.zfill(width), fmt, start) for x in (sa, sb))
+        prompt = f"{pa}{self.op}{pb}="
+        answer = self._number(result, fmt, start)
         return self._item(fmt, length, prompt, answer, key, (sa, sb), steps)
 
     def parse(self, text: str, fmt: str) -> Any:
@@ -195,25 +230,29 @@ class Addition(_Arithmetic):
     complexity = "O(N)"
     op = "+"
 
-    def __init__(self, pad: bool = False) -> None:
-        if not isinstance(pad, bool):
-            raise ValueError(f"addition: pad must be true or false, got {pad!r}")
-        self.pad = pad
+    def __init__(self, pad: bool = False, zero_pad: bool = False, random_hints: bool = False):
+        for name, value in (("pad", pad), ("zero_pad", zero_pad), ("random_hints", random_hints)):
+            _check_bool("addition", name, value)
+        self.pad, self.zero_pad, self.random_hints = pad, zero_pad, random_hints
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"pad": self.pad}
+        return {"pad": self.pad, "zero_pad": self.zero_pad, "random_hints": self.random_hints}
 
     def sample(self, rng: random.Random, length: int) -> tuple[int, int]:
         self._check_length(length)
-        return _operand(rng, length), _operand(rng, length)
+        if not self.zero_pad:
+            return _operand(rng, length), _operand(rng, length)
+        # one operand of exactly `length` digits, the other any number below 10^length
+        full, other = _operand(rng, length), rng.randrange(10**length)
+        return (full, other) if rng.random() < 0.5 else (other, full)
 
     def render(self, problem: tuple[int, int], fmt: str) -> Item:
         self._check_fmt(fmt)
         a, b = _pair(problem)
         n = max(len(str(a)), len(str(b)))
         result = str(a + b)
-        if self.pad:
+        if self.pad or self.zero_pad:
             result = result.zfill(n + 1)
         steps, carry = [], 0
         for i in range(n):
@@ -221,7 +260,7 @@ class Addition(_Arithmetic):
             total = x + y + carry
             steps.append(f"{x}+{y}+{carry}={total}")
             carry = total // 10
-        return self._render(a, b, result, fmt, n, steps)
+        return self._render(a, b, result, fmt, n, steps, n if self.zero_pad else 0)
 
 
 @register
@@ -230,14 +269,15 @@ class Multiplication(_Arithmetic):
     complexity = "O(N..N^2)"
     op = "*"
 
-    def __init__(self, k: int = 1) -> None:
+    def __init__(self, k: int = 1, random_hints: bool = False) -> None:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"multiplication: k must be an int >= 1, got {k!r}")
-        self.k = k
+        _check_bool("multiplication", "random_hints", random_hints)
+        self.k, self.random_hints = k, random_hints
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"k": self.k}
+        return {"k": self.k, "random_hints": self.random_hints}
 
     def sample(self, rng: random.Random, length: int) -> tuple[int, int]:
         self._check_length(length)

@@ -18,7 +18,11 @@ Shared syntax (character-level, every character is in `alphabet()`):
                    digit's significance (``a`` = units, ``b`` = tens, ...), so digits that must be
                    combined share a letter across operands and answer; for digit strings (copy,
                    reverse, parity) it names the position from the left. Hints run ``a``-``z``
-                   then ``A``-``Z`` and wrap around after 52 positions.
+                   then ``A``-``Z`` and wrap around after 52 positions. With a task's
+                   ``random_hints`` the sequence starts at a letter picked per problem
+                   (`hint_start`: a fixed hash of the problem's key) instead of ``a``, so
+                   training at short lengths shows every letter (Zhou et al. 2024, arXiv
+                   2402.09371); the answer's hints start where the operands' do.
                                                       ``c1b2a3+b4a5=`` -> ``c1b6a8``
 - ``coupled``      the text of ``reversed`` plus position ids (position coupling, Cho et al. 2024,
                    arXiv 2405.20671): ``Item.positions`` gives every character of prompt +
@@ -341,15 +345,23 @@ def alphabet() -> str:
 # --- format helpers shared by the task modules -------------------------------------------------
 
 
-def hint_number(digits: str) -> str:
-    """Hints by significance: "123" -> "c1b2a3" (a = units)."""
+def hint_number(digits: str, start: int = 0) -> str:
+    """Hints by significance: "123" -> "c1b2a3" (a = units); with start 3, "f1e2d3"."""
     n = len(digits)
-    return "".join(HINTS[(n - 1 - i) % len(HINTS)] + d for i, d in enumerate(digits))
+    return "".join(HINTS[(start + n - 1 - i) % len(HINTS)] + d for i, d in enumerate(digits))
 
 
-def hint_string(chars: str) -> str:
-    """Hints by position from the left: "123" -> "a1b2c3"."""
-    return "".join(HINTS[i % len(HINTS)] + c for i, c in enumerate(chars))
+def hint_string(chars: str, start: int = 0) -> str:
+    """Hints by position from the left: "123" -> "a1b2c3"; with start 3, "d1e2f3"."""
+    return "".join(HINTS[(start + i) % len(HINTS)] + c for i, c in enumerate(chars))
+
+
+def hint_start(key: str) -> int:
+    """The first hint letter's index for a problem under ``random_hints``: a fixed hash of its
+    key (`Item.key`), so a problem renders the same in every run, prompt and answer agree, and
+    the starts are spread evenly over the 52 letters."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8, person=b"lw.hints").digest()
+    return int.from_bytes(digest, "big") % len(HINTS)
 
 
 def split_hinted(text: str) -> tuple[str, str] | None:
@@ -376,8 +388,9 @@ def parse_number(text: str, fmt: str) -> int | _Bad | None:
         parts = split_hinted(text)
         if parts is None:
             return None
-        hints, digits = parts
-        return int(digits) if hint_number(digits)[0::2] == hints else BAD
+        hints, digits = parts  # any start (random_hints), but consecutive down to the units
+        start = HINTS.index(hints[-1])
+        return int(digits) if hint_number(digits, start)[0::2] == hints else BAD
     if not _DIGITS.fullmatch(text):
         return None
     return int(text[::-1] if fmt in ("reversed", "coupled") else text)
