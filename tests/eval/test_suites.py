@@ -154,3 +154,23 @@ def test_position_losses_refuses_coupled_stores(tmp_path):
     store = TokenStore(cfg.data.out_dir / "train")
     with pytest.raises(UserError, match="coupled position ids"):
         position_losses(None, store, cfg.data.out_dir / "tokenizer.json", 64, 4)
+
+
+def test_training_term_counts_read_the_direct_rendering():
+    """A reversed training source counts 12 where the direct text writes 12 (the reversed text
+    writes it "21"): hand-counted from the direct items' operands and sums."""
+    from collections import Counter
+
+    from lengthwise.config import SourceConfig
+    from lengthwise.eval.suites import training_term_counts
+
+    src = SourceConfig(kind="task", task="addition", lengths=[2, 2], n=40, format="reversed")
+    items = list(task_source_items(src.model_copy(update={"format": "direct"})))
+    by_hand = Counter()
+    for it in items:
+        a, b = it.terms
+        by_hand.update([a, b, str(int(a) + int(b))])
+    terms = {t for it in items[:10] for t in it.terms} | {"99"}
+    counts = training_term_counts(src, terms)
+    assert counts == Counter({t: by_hand[t] for t in terms})
+    assert sum(counts.values()) >= 20  # the first ten items' operands, at least once each

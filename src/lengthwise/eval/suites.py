@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -249,12 +250,22 @@ def suite_valley(
 # ---------------------------------------------------------------------- memorization
 
 
+def training_term_counts(src: SourceConfig, terms: set[str], mode: str = "numbers") -> Counter:
+    """Occurrences of `terms` in a task source's training documents (answers included, noisy
+    labels as trained), read in the ``direct`` rendering of the same problems: reversed and
+    index_hints write 67 as "76" / "b6a7", which no term matches. Zero-padded operands count as
+    written ("045" is not "45")."""
+    from lengthwise.eval.memorization import count_terms
+
+    direct = src.model_copy(update={"format": "direct"})
+    return count_terms((d.text for d in iter_documents(direct)), terms, mode=mode)
+
+
 def suite_memorization(
     lm: EvalLM, cfg: Config, out: Path, n: int = 500, batch_size: int = 64, mode: str = "numbers"
 ) -> tuple[dict[str, Any], str]:
     from lengthwise.eval import plots
     from lengthwise.eval.memorization import (
-        count_terms,
         format_memorization,
         item_frequency,
         memorization_report,
@@ -273,11 +284,7 @@ def suite_memorization(
         score = score_items(lm, task, fresh, batch_size=batch_size)
         items.extend(fresh)
         correct.extend(score.per_item)
-    terms = {t for it in items for t in it.terms}
-    # occurrences in the training text (answers included); note: reversed and index_hints
-    # formats render "67" as "76" / "b6a7", so use the direct format for this suite for now
-    texts = (d.text for d in iter_documents(src))
-    counts = count_terms(texts, terms, mode=mode)
+    counts = training_term_counts(src, {t for it in items for t in it.terms}, mode)
     freq = item_frequency([it.terms for it in items], counts)
     report = memorization_report(freq, np.asarray(correct, dtype=float))
     result = {"model": lm.name, "n_items": len(items), "terms": mode, **report}
