@@ -89,6 +89,9 @@ def test_resume_is_bitwise_exact(make_cfg, tmp_path, strategy):
     losses_full = [r["loss"] for r in read_metrics(tmp_path / "full", "train")]
     losses_half = [r["loss"] for r in read_metrics(tmp_path / "half", "train")]
     assert losses_half == losses_full
+    # the clock continues across the resume (it used to restart at 0)
+    times = [r["time"] for r in read_metrics(tmp_path / "half", "train")]
+    assert times == sorted(times) and len(times) == len(losses_full)
 
 
 def test_nonfinite_steps_are_skipped_then_abort(make_cfg, monkeypatch):

@@ -25,7 +25,10 @@ class RunLog:
         enabled: bool,
         progress: bool,
         tensorboard: bool,
+        start_seconds: float = 0.0,
     ) -> None:
+        """`start_seconds`: where the `time` of the records starts (a resumed run's clock at its
+        checkpoint, so times keep increasing across invocations)."""
         self.enabled = enabled
         # Kept open for the whole run (closed in close()): one line per event, flushed.
         self._file = (
@@ -46,12 +49,16 @@ class RunLog:
             disable=not (enabled and progress),
             dynamic_ncols=True,
         )
-        self.start_time = time.time()
+        self.start_time = time.time() - start_seconds
+
+    def elapsed(self) -> float:
+        """Seconds on the run's clock (across resumes)."""
+        return time.time() - self.start_time
 
     def write(self, event: str, tokens: int, **fields: Any) -> None:
         if not self.enabled:
             return
-        record = {"event": event, "time": round(time.time() - self.start_time, 3), "tokens": tokens}
+        record = {"event": event, "time": round(self.elapsed(), 3), "tokens": tokens}
         record.update({k: _plain(v) for k, v in fields.items()})
         self._file.write(json.dumps(record) + "\n")  # type: ignore[union-attr]
         self._file.flush()  # type: ignore[union-attr]

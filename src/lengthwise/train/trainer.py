@@ -63,6 +63,7 @@ class Counters:
     best: float | None = None
     next_eval: int = 0
     next_checkpoint: int = 0
+    seconds: float = 0.0  # the log's clock at the last checkpoint: a resumed run continues it
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -166,6 +167,7 @@ class Trainer:
             self.dist.is_main,
             cfg.train.progress and not quiet,
             cfg.train.tensorboard,
+            start_seconds=self.counters.seconds,
         )
 
     # ------------------------------------------------------------------ set-up and resume
@@ -350,6 +352,7 @@ class Trainer:
         return None
 
     def save_checkpoint(self, metrics: dict[str, float] | None = None) -> Path:
+        self.counters.seconds = self.log.elapsed()
         path = checkpoint.save(
             self.ckpt_dir,
             self.counters.step,
