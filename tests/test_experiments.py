@@ -445,10 +445,12 @@ def test_e2_quick_accuracies_and_adversarial_items_match_the_exports(tmp_path, m
             continue
         # every family at every test length, exactly the generator's items
         saved = json.loads(Path(adv["file"]).read_text())["items"]
+        params = load_config(Path(p["run_dir"]) / "config.yaml").data.splits["train"].params
+        assert params["zero_pad"] is True  # every addition point: 999..9+000..01
         expect = [
             (fam, length, it.key)
             for length in (10, 20, 40)
-            for fam, it in ex.adversarial_items(length, p["format"], 2)
+            for fam, it in ex.adversarial_items(length, p["format"], 2, params=params)
         ]
         assert [(i["family"], i["length"], i["key"]) for i in saved] == expect
         assert adv["n"] == len(expect) == 3 * 6
@@ -460,12 +462,12 @@ def test_e2_quick_accuracies_and_adversarial_items_match_the_exports(tmp_path, m
     # one point re-scored independently: the 2x items of the lengths suite, and the adversarial
     best = next(p for p in results["points"] if p["name"] == results["best_point"])
     lm = LengthwiseLM.from_export(Path(best["run_dir"]) / "export")
-    task = get_task("addition")
     src = load_config(Path(best["run_dir"]) / "config.yaml").data.splits["train"]
+    task = get_task("addition", **src.params)
     keys = {it.key for it in task_source_items(src)}
     items = list(generate_items(task, (20, 20), 20, "coupled", 10_000 + 200, exclude=keys))
     assert best["accuracy"][1]["acc"] == score_items(lm, task, items).accuracy
-    adv_items = [it for _, it in ex.adversarial_items(40, "coupled", 2)]
+    adv_items = [it for _, it in ex.adversarial_items(40, "coupled", 2, params=src.params)]
     score = score_items(lm, task, adv_items)
     assert score.accuracy == best["adversarial"]["by_length"]["40"]["acc"]
     t = results["targets"]["best"]
