@@ -126,6 +126,10 @@ def test_batch_stops_when_every_row_has_stopped():
     got = greedy_generate(model, stopping, n, eos)
     assert got == expected
     assert len(calls) == 1 + max(len(e) for e in expected)
+    # stop_early=False (FSDP2 ranks in lockstep): the same outputs, always 1 + (n - 1) calls
+    calls.clear()
+    assert greedy_generate(model, stopping, n, eos, stop_early=False) == expected
+    assert len(calls) == n
 
 
 def test_mode_restored_and_edge_cases():

@@ -1,5 +1,6 @@
 """Two gloo processes on CPU against one process with the same global batch."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,79 @@ def test_distributed_checkpoint_resume(make_cfg, tmp_path):
     resumed = _run(cfg, tmp_path, "half", "train", 2, "none", "resume")
     a, b = _load(full, 0), _load(resumed, 0)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+TASK_SET = {"name": "copy", "kind": "task", "task": "copy", "lengths": [2, 4], "n": 7, "tag": "ood"}
+
+
+def test_fsdp2_task_eval_shards_are_topped_up_and_not_counted(make_cfg, monkeypatch):
+    """In one process, as rank 1 of 2 under FSDP2: 7 items give rank 1 items 1, 3, 5 plus one
+    top-up (rank 0 has 4), decoded without early stopping; the top-up is not counted."""
+    import lengthwise.eval.evaluator as ev
+    from lengthwise.data.tokenizer import load_tokenizer
+    from lengthwise.eval.accuracy import score_items
+    from lengthwise.train.trainer import Trainer
+
+    cfg = make_cfg("distributed.fsdp=true", "eval.sets=" + json.dumps([TASK_SET]))
+    model = Trainer(cfg, quiet=True).model_plain
+    seen = {}
+
+    def oracle(lm, task, items, budget, batch_size):  # every answer right: counts are visible
+        seen["items"], seen["stop_early"] = list(items), lm.stop_early
+        return score_items(_Oracle(items), task, items, budget, batch_size)
+
+    monkeypatch.setattr(ev, "score_items", oracle)
+    tok = load_tokenizer(cfg.data.out_dir / "tokenizer.json")
+    reduce_log = []
+    evaluator = ev.Evaluator(cfg, tok, torch.device("cpu"), rank=1, world_size=2,
+                             reduce=lambda t: reduce_log.append(t.tolist()) or t)  # fmt: skip
+    items = evaluator.items["copy"]
+    metrics = evaluator.run(model)
+    assert seen["items"] == [items[1], items[3], items[5], items[0]]
+    assert seen["stop_early"] is False
+    assert reduce_log == [[3.0, 3.0, 3.0]]  # correct, parsed, total: the top-up left out
+    assert metrics["copy/acc"] == 1.0
+    # DDP (no lockstep): no top-up, early stopping on
+    ddp = ev.Evaluator(make_cfg("eval.sets=" + json.dumps([TASK_SET])), tok,
+                       torch.device("cpu"), rank=1, world_size=2)  # fmt: skip
+    ddp.run(model)
+    assert seen["items"] == [items[1], items[3], items[5]] and seen["stop_early"] is True
+
+
+class _Oracle:
+    """An EvalLM whose greedy answers are the items' completions."""
+
+    def __init__(self, items):
+        self.answers = {it.prompt: it.completion for it in items}
+
+    def greedy(self, prompts, max_new_tokens, batch_size=64):
+        return [self.answers[p] for p in prompts]
+
+
+def test_fsdp2_with_task_eval_sets_matches_one_process(make_cfg, tmp_path):
+    """Task eval sets under FSDP2 (refused before): two ranks decode in lockstep (no hang) and
+    log the same accuracy and parse rate as one process, on a model trained on copy."""
+    from lengthwise.data.store import prepare
+    from lengthwise.train.log import read_metrics
+
+    train = {"kind": "task", "task": "copy", "lengths": [2, 4], "n": 400}
+    cfg = make_cfg(
+        f"data.out_dir={tmp_path / 'copy_data'}",
+        "data.splits=" + json.dumps({"train": train}),
+        "batching.strategy=best_fit",
+        "batching.curriculum.name=none",
+        "optim.lr=1e-2",
+        "train.total_tokens=40960",
+        "eval.every_tokens=20480",
+        "eval.sets=" + json.dumps([TASK_SET]),
+        "distributed.fsdp=true",
+    )
+    prepare(cfg.data, progress=False)
+    _run(cfg, tmp_path, "one", "train", 1)
+    _run(cfg, tmp_path, "two", "train", 2)
+    one = read_metrics(tmp_path / "one" / "run", "eval")
+    two = read_metrics(tmp_path / "two" / "run", "eval")
+    assert [r["step"] for r in one] == [r["step"] for r in two] and len(one) == 2
+    for a, b in zip(one, two, strict=True):
+        assert (a["copy/acc"], a["copy/parse_rate"]) == (b["copy/acc"], b["copy/parse_rate"])
+    assert one[-1]["copy/parse_rate"] > 0  # real answers were decoded (digits), not just EOS

@@ -8,7 +8,8 @@ sets' main metrics are `ood_mean/acc` and `ood_mean/loss` (the default early-sto
 Task items are generated once, deterministically from the set's seed; with `fresh: true`, items
 whose problem occurs in the training split (a task source) are replaced by fresh ones, so an OOD
 set never tests memorized items. In a distributed run each rank scores every W-th item and the
-counts are summed (text loss is split the same way by evaluate_loss).
+counts are summed (text loss is split the same way by evaluate_loss); with FSDP2 the ranks
+decode in lockstep (equal shards, a fixed number of steps), since every forward is collective.
 """
 
 from __future__ import annotations
@@ -135,12 +136,24 @@ class Evaluator:
         return metrics
 
     def _task_metrics(self, model: nn.Module, s: EvalSetConfig) -> dict[str, float]:
-        items = self.items[s.name]
+        items, task = self.items[s.name], self.tasks[s.name]
         mine = items[self.rank :: self.world_size]
-        lm = LengthwiseLM(model, self.tokenizer, device=self.device)
+        # FSDP2: every forward all-gathers the weights, so every rank must make the same calls:
+        # equal shards (the short ones topped up with an item that is not counted) and a fixed
+        # number of decoding steps per batch
+        lockstep = self.cfg.distributed.fsdp and self.world_size > 1
+        real = len(mine)
+        if lockstep and items:
+            mine = mine + items[:1] * (-(-len(items) // self.world_size) - real)
+        lm = LengthwiseLM(model, self.tokenizer, device=self.device, stop_early=not lockstep)
         budget = s.max_new_tokens or answer_budget(lm, items)  # from all items: same on every rank
         with self.autocast() if self.autocast else torch.autocast(self.device.type, enabled=False):
-            score = score_items(lm, self.tasks[s.name], mine, budget, self.cfg.eval.batch_size)
+            score = score_items(lm, task, mine, budget, self.cfg.eval.batch_size)
+        for item, out in zip(mine[real:], score.outputs[real:], strict=True):  # the top-ups
+            parsed, correct = task.check(item, out)
+            score.total, score.parsed, score.correct = (
+                score.total - 1, score.parsed - parsed, score.correct - correct
+            )
         counts = torch.tensor(
             [score.correct, score.parsed, score.total], dtype=torch.float64, device=self.device
         )

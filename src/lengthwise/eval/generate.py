@@ -36,13 +36,17 @@ def greedy_generate(
     pad_id: int = 0,
     prompt_positions: list[list[int]] | None = None,
     position_fn: PositionFn | None = None,
+    stop_early: bool = True,
 ) -> list[list[int]]:
     """The greedy continuation of each prompt (token ids), in the prompts' order: at most
     `max_new_tokens` tokens, a row stopping at its first EOS (not included). Runs in eval mode
     and inference mode; the model's training mode is restored afterwards.
 
     `prompt_positions[i]`: position ids of prompt i's tokens (default 0, 1, ...);
-    `position_fn`: ids of generated tokens (see the module docstring)."""
+    `position_fn`: ids of generated tokens (see the module docstring); `stop_early=False`
+    decodes every batch for exactly `max_new_tokens` steps even when all its rows have stopped,
+    so the number of forward calls depends only on the number of prompts (the ranks of an
+    FSDP2 model must make the same collective calls). The outputs are the same."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for i, p in enumerate(prompts):
@@ -69,7 +73,9 @@ def greedy_generate(
                 fn = None
                 if position_fn is not None:
                     fn = _reindexed(position_fn, rows)
-                generated = _generate_batch(model, batch, max_new_tokens, eos_id, pad_id, pos, fn)
+                generated = _generate_batch(
+                    model, batch, max_new_tokens, eos_id, pad_id, pos, fn, stop_early
+                )
                 for i, ids in zip(rows, generated, strict=True):
                     out[i] = ids
     finally:
@@ -115,6 +121,7 @@ def _generate_batch(
     pad_id: int,
     prompt_positions: list[list[int]] | None = None,
     position_fn: PositionFn | None = None,
+    stop_early: bool = True,
 ) -> list[list[int]]:
     device = next(model.parameters()).device
     ids, pos, mask = left_pad(prompts, pad_id, device, prompt_positions)
@@ -129,7 +136,7 @@ def _generate_batch(
         nxt = torch.where(done, eos_id, nxt)  # a stopped row only repeats EOS
         steps.append(nxt)
         done = done | (nxt == eos_id)
-        if step == max_new_tokens - 1 or bool(done.all()):
+        if step == max_new_tokens - 1 or (stop_early and bool(done.all())):
             break
         new_pos = None  # positions continue each row's
         if position_fn is not None:

@@ -36,8 +36,12 @@ class LengthwiseLM:
         tokenizer: Tokenizer,
         device: str | torch.device = "cpu",
         name: str = "lengthwise",
+        stop_early: bool = True,
     ) -> None:
+        """`stop_early=False`: greedy decoding runs a fixed number of steps per batch
+        (generate.greedy_generate), which an FSDP2-sharded model needs on every rank."""
         self.device = torch.device(device)
+        self.stop_early = stop_early
         # the mode is left alone (a live training model stays in training mode): every method
         # runs in eval mode and restores the mode afterwards
         self.model = model.to(self.device)
@@ -74,6 +78,7 @@ class LengthwiseLM:
             eos_id=self.eos_id,
             batch_size=batch_size,
             pad_id=self.tokenizer.pad_id,
+            stop_early=self.stop_early,
         )
         return [self.decode(o) for o in out]
 
@@ -117,6 +122,7 @@ class LengthwiseLM:
             pad_id=self.tokenizer.pad_id,
             prompt_positions=prompt_pos,
             position_fn=position_fn,
+            stop_early=self.stop_early,
         )
         return [self.decode(o) for o in out]
 

@@ -176,11 +176,6 @@ class Trainer:
         """Eval sets, the OOD monitor, early stopping and the metric that picks `best`."""
         self.evaluator = None
         if cfg.eval.sets:
-            if cfg.distributed.fsdp and any(s.kind == "task" for s in cfg.eval.sets):
-                raise UserError(
-                    "eval.sets: task sets (greedy decoding) are not supported with "
-                    "distributed.fsdp=true yet; use DDP or text sets"
-                )
             self.evaluator = Evaluator(
                 cfg,
                 load_tokenizer(cfg.data.out_dir / "tokenizer.json"),
