@@ -293,3 +293,20 @@ def test_id_ood_figure_marks_alerts(tmp_path):
     img = matplotlib.image.imread(path)
     red = (img[..., 0] > 0.8) & (img[..., 1] < 0.2) & (img[..., 2] < 0.3)  # crimson markers
     assert img.shape[0] > 400 and red.sum() > 50
+
+
+def test_throughput_axis_goes_log_when_runs_differ_tenfold(tmp_path, monkeypatch):
+    scales = []
+
+    def keep_scale(fig, path):
+        scales.append(fig.axes[0].get_yscale())
+        return Path(path)
+
+    monkeypatch.setattr(figures, "_save", keep_scale)
+
+    def recs(rate):
+        return [{"tokens": 100 * i, "tokens_per_s": rate * (1 + i % 3 / 10)} for i in range(20)]
+
+    figures.plot_throughput({"text": recs(5_000), "task": recs(110_000)}, tmp_path / "a.png")
+    figures.plot_throughput({"a": recs(5_000), "b": recs(9_000)}, tmp_path / "b.png")
+    assert scales == ["log", "linear"]

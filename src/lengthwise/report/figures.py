@@ -119,23 +119,30 @@ def plot_throughput(
     train: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike[str]
 ) -> Path:
     """Tokens per second over training, one line per run (smoothed, raw faint), with each run's
-    median as a dotted horizontal line."""
+    median as a dotted horizontal line. A log axis when the medians differ by more than 10x
+    (a text model next to a tiny task model), so the slow runs are not flattened at zero."""
     fig, ax = plt.subplots(figsize=SIZE)
     colors = _colors(list(train))
+    medians = []
     for label, recs in train.items():
         x, y = _series(recs, "tokens_per_s")
         ok = np.isfinite(y)
         if not ok.any():
             continue
         med = float(np.median(y[ok]))
+        medians.append(med)
         ax.plot(x, y, lw=0.6, alpha=0.25, color=colors[label])
         ax.plot(x, smooth(y), lw=1.8, color=colors[label], label=f"{label} (median {med:,.0f})")
         ax.axhline(med, color=colors[label], ls=":", lw=1)
     if not ax.lines:
         _empty_note(ax, "no tokens_per_s in the training records")
     ax.set_xlabel("tokens trained")
-    ax.set_ylabel("tokens / s")
-    ax.set_ylim(bottom=0)
+    if medians and min(medians) > 0 and max(medians) > 10 * min(medians):
+        ax.set_yscale("log")
+        ax.set_ylabel("tokens / s (log scale)")
+    else:
+        ax.set_ylabel("tokens / s")
+        ax.set_ylim(bottom=0)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.set_title("Throughput over training")
     ax.grid(alpha=0.3)
