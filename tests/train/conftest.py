@@ -1,5 +1,6 @@
 """A tiny corpus and model for trainer tests: ~200 documents, a char tokenizer, 2 layers."""
 
+import copy
 import json
 import random
 
@@ -54,7 +55,7 @@ def make_cfg(tiny_data, tmp_path):
 
     def make(*overrides: str, **tree_updates) -> Config:
         tree = {
-            "data": tiny_data,
+            "data": copy.deepcopy(tiny_data),  # overrides must not reach the shared fixture
             "batching": {
                 "strategy": "decomposition",
                 "tokens_per_step": 512,
