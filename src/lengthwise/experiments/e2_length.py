@@ -282,12 +282,19 @@ def _plot_e2(rows: list[dict[str, Any]], path: Path) -> Path:
     _, plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 5.5))
     mults = sorted({a["multiple"] for r in rows for a in r["accuracy"]})
+    # a color per point (tab10 repeats after 10): the thick lines (coupling, the long run) take
+    # black, crimson, ... and the others tab20's dark colors, then its light ones
+    tab20 = plt.get_cmap("tab20").colors
+    thin = iter([*tab20[0::2], *tab20[1::2]] * 2)
+    thick = iter(["black", "crimson", "darkviolet", "darkgoldenrod"] * 4)
     for r in rows:
         xs = [a["multiple"] for a in r["accuracy"]]
         ys = [_num(a["acc"]) for a in r["accuracy"]]
         style = "--" if r["task"] != "addition" else "-"
-        lw = 2.5 if r.get("long_of") or r["format"] == "coupled" else 1.3
-        ax.plot(xs, ys, style, marker="o", lw=lw, label=f"{r['name']} ({r['task']})")
+        bold = bool(r.get("long_of")) or r["format"] == "coupled"
+        color = next(thick) if bold else next(thin)
+        ax.plot(xs, ys, style, marker="o", lw=2.5 if bold else 1.3, color=color,
+                label=f"{r['name']} ({r['task']})")  # fmt: skip
     if mults:
         ax.set_xscale("log", base=2)
         ax.set_xticks(mults)
