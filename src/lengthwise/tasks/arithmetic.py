@@ -81,7 +81,6 @@ from lengthwise.tasks.registry import (
     Task,
     coupled_ids,
     hint_number,
-    hint_start,
     hint_string,
     is_digits,
     parse_number,
@@ -125,7 +124,7 @@ class _DigitString(Task):
         return {"random_hints": self.random_hints}
 
     def _hints(self, s: str) -> str:
-        return hint_string(s, hint_start(f"{self.name}:{s}") if self.random_hints else 0)
+        return hint_string(s, self._hint_start(f"{self.name}:{s}"))
 
     def sample(self, rng: random.Random, length: int) -> str:
         self._check_length(length)
@@ -195,7 +194,6 @@ class Parity(_DigitString):
 class _Arithmetic(Task):
     formats = ("direct", "reversed", "scratchpad", "index_hints", "coupled")
     op: str
-    random_hints: bool = False
 
     def positions_for(self, prompt: str, completion: str) -> list[int]:
         return coupled_ids(prompt + completion)
@@ -214,7 +212,7 @@ class _Arithmetic(Task):
         key shows them too, the terms do not)."""
         sa, sb = str(a), str(b)
         key = f"{self.name}:{sa.zfill(width)}{self.op}{sb.zfill(width)}"
-        start = hint_start(key) if self.random_hints else 0
+        start = self._hint_start(key)
         pa, pb = (self._number(x.zfill(width), fmt, start) for x in (sa, sb))
         prompt = f"{pa}{self.op}{pb}="
         answer = self._number(result, fmt, start)

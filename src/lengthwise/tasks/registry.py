@@ -121,6 +121,7 @@ class Task:
     complexity: ClassVar[str]
     formats: ClassVar[tuple[str, ...]] = ("direct",)
     min_length: int = 1
+    random_hints: bool = False  # index_hints tasks: start the hints at `hint_start(key)`
 
     @property
     def level(self) -> int:
@@ -179,6 +180,10 @@ class Task:
             raise ValueError(
                 f"task '{self.name}' has no format '{fmt}' (choose from {', '.join(self.formats)})"
             )
+
+    def _hint_start(self, key: str) -> int:
+        """Index of the first hint letter of the problem `key` (0 = ``a`` without random_hints)."""
+        return hint_start(key) if self.random_hints else 0
 
     def _check_length(self, length: int) -> None:
         if not isinstance(length, int) or length < self.min_length:
