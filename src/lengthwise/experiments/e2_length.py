@@ -4,6 +4,7 @@ run of the best general recipe, and the training CPU time of every point."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -285,8 +286,8 @@ def _plot_e2(rows: list[dict[str, Any]], path: Path) -> Path:
     # a color per point (tab10 repeats after 10): the thick lines (coupling, the long run) take
     # black, crimson, ... and the others tab20's dark colors, then its light ones
     tab20 = plt.get_cmap("tab20").colors
-    thin = iter([*tab20[0::2], *tab20[1::2]] * 2)
-    thick = iter(["black", "crimson", "darkviolet", "darkgoldenrod"] * 4)
+    thin = itertools.cycle([*tab20[0::2], *tab20[1::2]])
+    thick = itertools.cycle(["black", "crimson", "darkviolet", "darkgoldenrod"])
     for r in rows:
         xs = [a["multiple"] for a in r["accuracy"]]
         ys = [_num(a["acc"]) for a in r["accuracy"]]
