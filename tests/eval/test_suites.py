@@ -143,8 +143,13 @@ def test_position_losses_refuses_coupled_stores(tmp_path):
             "out_dir": str(tmp_path / "data"),
             "tokenizer": {"kind": "char"},
             "splits": {
-                "train": {"kind": "task", "task": "addition", "lengths": [1, 3], "n": 20,
-                          "format": "coupled"},
+                "train": {
+                    "kind": "task",
+                    "task": "addition",
+                    "lengths": [1, 3],
+                    "n": 20,
+                    "format": "coupled",
+                },
             },
         },
         "batching": {"strategy": "pad", "tokens_per_step": 256, "max_len": 32},

@@ -128,8 +128,9 @@ def test_addition_zero_pad():
     render_check(zp, (123, 45), "direct", "123+045=", "0168", "0168")
     render_check(zp, (123, 45), "reversed", "321+540=", "8610", "8610")
     render_check(zp, (999, 1), "index_hints", "c9b9a9+c0b0a1=", "d1c0b0a0", "d1c0b0a0")
-    render_check(zp, (7, 1234), "scratchpad", "0007+1234=",
-                 "7+4+0=11;0+3+1=4;0+2+0=2;0+1+0=1|01241", "01241")
+    render_check(
+        zp, (7, 1234), "scratchpad", "0007+1234=", "7+4+0=11;0+3+1=4;0+2+0=2;0+1+0=1|01241", "01241"
+    )
     item = render_check(zp, (321, 5), "coupled", "123+500=", "6230", "6230")
     assert item.positions == (1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 4, 0)
     assert item.key == "addition:321+005" and item.terms == ("321", "5")

@@ -151,9 +151,9 @@ class Evaluator:
             score = score_items(lm, task, mine, budget, self.cfg.eval.batch_size)
         for item, out in zip(mine[real:], score.outputs[real:], strict=True):  # the top-ups
             parsed, correct = task.check(item, out)
-            score.total, score.parsed, score.correct = (
-                score.total - 1, score.parsed - parsed, score.correct - correct
-            )
+            score.total -= 1
+            score.parsed -= parsed
+            score.correct -= correct
         counts = torch.tensor(
             [score.correct, score.parsed, score.total], dtype=torch.float64, device=self.device
         )
