@@ -31,6 +31,7 @@ from lengthwise.config import ModelConfig, load_config
 from lengthwise.data.tokenizer import BOS, EOS, PAD, Tokenizer, load_tokenizer
 from lengthwise.errors import UserError
 from lengthwise.eval.exported import FORMAT, load_exported  # noqa: F401 (re-exported)
+from lengthwise.io import replace_dir
 from lengthwise.model.gpt import GPT, ff_width
 from lengthwise.train import checkpoint
 
@@ -65,7 +66,7 @@ def write_export(
                     skipped = "transformers is not installed (pip install 'lengthwise[hf]')"
             if skipped is None:
                 write_llama(model, load_tokenizer(tokenizer_json), tmp / "hf")
-        checkpoint.replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -44,7 +44,6 @@ from lengthwise.data.sources import (
 )
 from lengthwise.data.tokenizer import (
     Tokenizer,
-    atomic_write_text,
     char_tokenizer,
     describe,
     load_tokenizer,
@@ -52,6 +51,7 @@ from lengthwise.data.tokenizer import (
     train_bpe,
 )
 from lengthwise.errors import UserError
+from lengthwise.io import atomic_write_text
 
 FORMAT_VERSION = 1
 

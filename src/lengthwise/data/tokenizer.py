@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from lengthwise.errors import UserError
+from lengthwise.io import atomic_write_text
 
 EOS, PAD, BOS, UNK = "<|eos|>", "<|pad|>", "<|bos|>", "<|unk|>"
 SPECIALS = [EOS, PAD, BOS]
@@ -62,19 +61,6 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(Path(path), self.hf.to_str(pretty=True))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int = 8192) -> Tokenizer:

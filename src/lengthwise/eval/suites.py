@@ -26,10 +26,11 @@ import numpy as np
 from lengthwise.config import Config, SourceConfig
 from lengthwise.data.sources import iter_documents, task_names, task_source_items
 from lengthwise.data.store import TokenStore
-from lengthwise.data.tokenizer import atomic_write_text, load_tokenizer
+from lengthwise.data.tokenizer import load_tokenizer
 from lengthwise.errors import UserError
 from lengthwise.eval.accuracy import score_items
 from lengthwise.eval.lm import EvalLM
+from lengthwise.io import atomic_write_text
 from lengthwise.tasks import generate_items, get_task
 
 SUITES = ("lengths", "valley", "memorization")

@@ -81,8 +81,8 @@ def mean_train_loss(records: list[dict[str, Any]], step: int, k: int = 5) -> flo
 
 
 def run_e3(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
-    from lengthwise.data.tokenizer import atomic_write_text
     from lengthwise.export import export_run
+    from lengthwise.io import atomic_write_text
 
     spec = ctx.spec
     plots, _ = _plt()

@@ -66,7 +66,7 @@ def skewed_eval_items(settings: dict[str, Any], n: int, exclude: set[str]) -> li
 
 
 def write_skewed_jsonl(items: list[Any], path: Path) -> None:
-    from lengthwise.data.tokenizer import atomic_write_text
+    from lengthwise.io import atomic_write_text
 
     text = "".join(json.dumps({"text": it.prompt + it.completion}) + "\n" for it in items)
     if path.is_file() and path.read_text(encoding="utf-8") == text:

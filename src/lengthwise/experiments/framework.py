@@ -369,7 +369,7 @@ def write_outputs(
     ctx: Context, results: dict[str, Any], tables_md: str, run_dirs: list[Path]
 ) -> None:
     """results.json, results.md and (when the report module exists) report.html."""
-    from lengthwise.data.tokenizer import atomic_write_text
+    from lengthwise.io import atomic_write_text
 
     env = results["environment"]
     n = env["threads"]
@@ -485,7 +485,7 @@ def run_experiment(
     if spec.base is not None:
         ctx.base_path = spec.base
     else:
-        from lengthwise.data.tokenizer import atomic_write_text
+        from lengthwise.io import atomic_write_text
 
         ctx.base_path = exp_dir / "base_config.yaml"
         text = yaml.safe_dump(spec.config, sort_keys=False).replace("{exp_dir}", str(exp_dir))

@@ -125,26 +125,6 @@ def save(
     return final
 
 
-def replace_dir(tmp: Path, dest: Path) -> None:
-    """Move the finished folder `tmp` to `dest`, replacing what was there, so `dest` is always
-    either the old complete folder or the new complete one."""
-    if dest.exists():
-        old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".old-"))
-        os.replace(dest, old / "x")
-        os.replace(tmp, dest)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, dest)
-
-
-def copy_as(src: Path, dest: Path) -> None:
-    """Atomically replace `dest` (e.g. checkpoints/best) with a copy of checkpoint `src`."""
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".tmp-"))
-    shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    replace_dir(tmp, dest)
-
-
 def verify(path: Path) -> dict[str, Any]:
     """The manifest of a complete, intact checkpoint; UserError in one line otherwise."""
     manifest_path = path / MANIFEST

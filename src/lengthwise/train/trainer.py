@@ -28,9 +28,10 @@ from lengthwise.config import Config, dump_config
 from lengthwise.data.loader import BatchLoader
 from lengthwise.data.store import TokenStore
 from lengthwise.data.strategies import build_strategy
-from lengthwise.data.tokenizer import atomic_write_text, load_tokenizer
+from lengthwise.data.tokenizer import load_tokenizer
 from lengthwise.errors import UserError
 from lengthwise.eval.evaluator import Evaluator
+from lengthwise.io import atomic_write_text, copy_dir
 from lengthwise.model.gpt import GPT
 from lengthwise.train import checkpoint
 from lengthwise.train.distributed import (
@@ -374,7 +375,7 @@ class Trainer:
             self.counters.best = value
             path = self.save_checkpoint(metrics)
             if self.dist.is_main:
-                checkpoint.copy_as(path, self.ckpt_dir / "best")
+                copy_dir(path, self.ckpt_dir / "best")
             barrier()
 
     def restore_best(self) -> int | None:
