@@ -125,6 +125,7 @@ def run_config(args: argparse.Namespace, name: str, seed: int, out_dir: Path) ->
         "optim.l2=0",
         f"schedule.warmup_tokens={warmup}",
         f"train.total_tokens={args.budget}",
+        "train.budget_unit=targets",  # the schedule on real tokens, as for the HF rows
         f"train.seed={seed}",
         f"train.out_dir={out_dir / 'run'}",
         "train.device=cpu",
@@ -239,21 +240,19 @@ def val_loss(
 
 
 def train_ours(cfg: Config, rec: Recorder) -> torch.nn.Module:
-    """The lengthwise Trainer's optimizer step in a loop that stops on real tokens. The
-    counter the schedule reads counts real targets here (it counts slots in `fit`), so the LR
-    follows the same function of real tokens as the HF rows."""
+    """The lengthwise Trainer's optimizer step in a loop that stops on real tokens. The config
+    counts the budget in real targets (`train.budget_unit=targets`), so the LR follows the same
+    function of real tokens as the HF rows."""
     from lengthwise.train.trainer import Trainer
 
     trainer = Trainer(cfg, quiet=True)
-    c = trainer.counters
     rec.start(trainer.model_plain)
     done = False
     while not done:
         out = trainer.train_step(next(trainer.loader))
-        c.step += 1
-        c.tokens += out["targets"]
-        pads = round(out["pad_fraction"] * out["slots"])
-        done = rec.step(out["targets"], out["slots"], pads, trainer.model_plain)
+        trainer.account(out)
+        pads = round(out.pad_fraction * out.slots)
+        done = rec.step(out.targets, out.slots, pads, trainer.model_plain)
     trainer.log.close()
     return trainer.model_plain
 

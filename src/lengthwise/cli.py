@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from lengthwise.export import export_run
 
-    out, hf_skipped = export_run(args.run_dir, args.checkpoint, args.out)
+    out, hf_skipped = export_run(args.run_dir, args.checkpoint, args.out, args.overwrite)
     print(f"exported {args.checkpoint} checkpoint of {args.run_dir} to {out}")
     if hf_skipped:
         print(f"no Hugging Face folder: {hf_skipped}")
@@ -203,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", default="last", help="last (default), best, or a checkpoint folder"
     )
     p.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/export")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out even if it is a non-empty folder that is not an earlier export",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="diagnostic suites: lengths, valley, memorization")

@@ -245,7 +245,13 @@ class ScheduleConfig(Strict):
 
 class TrainConfig(Strict):
     out_dir: Path = Path("runs/default")  # the run directory
-    total_tokens: int = Field(default=1_000_000, gt=0)  # training budget (real target tokens)
+    # training budget, counted in `budget_unit`; the learning-rate schedule, eval.every_tokens and
+    # checkpoint_every_tokens count in the same unit
+    total_tokens: int = Field(default=1_000_000, gt=0)
+    # slots: every input position of every row on every rank (padding included: what is
+    # computed); targets: real target tokens only (what the loss sees: no padding, prompt tokens
+    # or document-first tokens), the fair unit between strategies that pad and those that don't
+    budget_unit: Literal["slots", "targets"] = "slots"
     micro_batch_tokens: int | None = Field(default=None, gt=0)  # None: no accumulation
     seed: int = 0  # model init, dropout, data order
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
@@ -304,6 +310,21 @@ class EvalConfig(Strict):
     sets: list[EvalSetConfig] = Field(default_factory=list)
     batch_size: int = Field(default=64, gt=0)  # rows per generation batch
 
+    def metric_names(self) -> list[str]:
+        """What each eval logs (lengthwise.eval.evaluator): text sets `SET/loss`, `SET/ppl`;
+        task sets `SET/acc`, `SET/parse_rate`; `ood_mean/acc` and `ood_mean/loss` over the OOD
+        sets' main metrics."""
+        names = []
+        for s in self.sets:
+            names += [f"{s.name}/{m}" for m in _SET_METRICS[s.kind]]
+        for kind, key in (("task", "acc"), ("text", "loss")):
+            if any(s.tag == "ood" and s.kind == kind for s in self.sets):
+                names.append(f"ood_mean/{key}")
+        return names
+
+
+_SET_METRICS = {"text": ("loss", "ppl"), "task": ("acc", "parse_rate")}
+
 
 class EarlyStoppingConfig(Strict):
     """Lightning EarlyStopping semantics, on an eval metric (default: the mean of the OOD sets'
@@ -323,7 +344,11 @@ class MonitorConfig(Strict):
     `alert` event, prints a line and runs `on_alert` (the event as JSON on stdin)."""
 
     alert_drop: float = Field(default=0.05, gt=0)  # relative drop from the best that alerts
-    on_alert: str | None = None  # shell command run per alert, the event as JSON on stdin
+    # program run at the first eval of each OOD drop, the alert as JSON on stdin: an argv list
+    # (["notify-send", "lengthwise"]) or a string split into words like a shell would, but never
+    # run by a shell (no pipes, `;`, redirections or variables). It runs what the config says:
+    # the run's log shows it before the first step.
+    on_alert: list[str] | str | None = None
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     restore_best: bool = False  # at the end, export the best checkpoint's weights
 
@@ -349,6 +374,28 @@ class Config(Strict):
         names = [s.name for s in self.eval.sets]
         if len(set(names)) != len(names):
             raise ValueError(f"eval.sets: names must be unique, got {names}")
+        names = self.eval.metric_names()
+        stop = self.monitor.early_stopping
+        if (
+            stop.enabled
+            and stop.metric is None
+            and not any(n.startswith("ood_mean/") for n in names)
+        ):
+            raise ValueError(
+                "monitor.early_stopping: no metric (set metric, or declare an eval set with "
+                "tag: ood)"
+            )
+        if self.monitor.restore_best and not (self.train.best_metric or stop.enabled):
+            raise ValueError("monitor.restore_best: needs train.best_metric or early stopping")
+        for key, metric in (
+            ("train.best_metric", self.train.best_metric),
+            ("monitor.early_stopping.metric", stop.metric if stop.enabled else None),
+        ):
+            if metric is not None and metric not in names:
+                have = ", ".join(names) if names else "none: eval.sets is empty"
+                raise ValueError(
+                    f"{key}: '{metric}' is not an eval metric (the eval sets log {have})"
+                )
         for s in self.eval.sets:
             if s.kind == "text" and s.split not in self.data.splits:
                 raise ValueError(
@@ -387,12 +434,12 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def format_validation_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    key = ".".join(str(p) for p in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{source}: {key}: {msg}{more}"
+    return f"{source}: {key}: {msg}{more}" if key else f"{source}: {msg}{more}"
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:

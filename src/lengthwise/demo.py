@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from lengthwise.config import Config, load_config
 from lengthwise.errors import UserError
-from lengthwise.train.log import read_metrics
+from lengthwise.rundir import read_metrics
 
 TEXT_CONFIG = "configs/demo_text.yaml"
 TASK_CONFIG = "configs/demo_task.yaml"

@@ -175,3 +175,8 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+
+
+def read_metrics(run_dir: Path | str, event: str | None = None) -> list[dict[str, Any]]:
+    """`RunDir(run_dir).metrics(event)`: the records of a run's metrics.jsonl."""
+    return RunDir(Path(run_dir)).metrics(event)

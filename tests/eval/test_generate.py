@@ -254,7 +254,7 @@ def test_greedy_decodes_generate():
 
 
 def test_from_export(tmp_path):
-    from lengthwise.export import write_export
+    from lengthwise.eval.exported import write_export
 
     lm = make_lm("fire")
     tok_path = tmp_path / "tokenizer.json"

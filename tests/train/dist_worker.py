@@ -14,8 +14,8 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 from lengthwise.config import load_config
+from lengthwise.rundir import read_metrics
 from lengthwise.train.distributed import destroy
-from lengthwise.train.log import read_metrics
 from lengthwise.train.trainer import Trainer
 
 

@@ -10,7 +10,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from lengthwise.export import export_run, load_exported
+from lengthwise.eval.exported import load_exported
+from lengthwise.export import export_run
 
 WORKER = Path(__file__).parent / "dist_worker.py"
 
@@ -135,7 +136,7 @@ def test_fsdp2_with_task_eval_sets_matches_one_process(make_cfg, tmp_path):
     """Task eval sets under FSDP2 (refused before): two ranks decode in lockstep (no hang) and
     log the same accuracy and parse rate as one process, on a model trained on copy."""
     from lengthwise.data.store import prepare
-    from lengthwise.train.log import read_metrics
+    from lengthwise.rundir import read_metrics
 
     train = {"kind": "task", "task": "copy", "lengths": [2, 4], "n": 400}
     cfg = make_cfg(

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from lengthwise.cli import main
 from lengthwise.config import ModelConfig
 from lengthwise.data.tokenizer import load_tokenizer
-from lengthwise.export import llama_incompatibility, load_exported, write_export
+from lengthwise.eval.exported import llama_incompatibility, load_exported, write_export
 from lengthwise.model.gpt import GPT
 from lengthwise.train.trainer import train
 

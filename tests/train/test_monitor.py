@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from lengthwise.train.monitor import (
     EarlyStopping,
     OODMonitor,
     direction,
+    hook_argv,
     mean_metric,
     relative_drop,
     run_hook,
@@ -356,30 +358,53 @@ def test_early_stopping_state_for_another_metric_is_ignored():
 # ---------------------------------------------------------------------------------- hook, mean
 
 
+COPY_STDIN = "import sys; open(sys.argv[1], 'w').write(sys.stdin.read())"
+
+
 def test_run_hook_receives_the_event_as_json(tmp_path):
     out = tmp_path / "event.json"
     event = AlertEvent("ood/acc", 0.6, 0.7, 300, 1 / 7, 500, 5000, True, "drop").to_dict()
-    assert run_hook(f"cat > '{out}'", event) is None
+    argv = [sys.executable, "-c", COPY_STDIN, str(out)]
+    assert run_hook(argv, event) is None
     text = out.read_text()
     assert text.endswith("\n") and text.count("\n") == 1
     assert json.loads(text) == event
     # non-finite floats become strings (strict JSON)
-    assert run_hook(f"cat > '{out}'", {**event, "value": NAN, "drop": INF}) is None
+    assert (
+        run_hook([sys.executable, "-c", COPY_STDIN, str(out)], {**event, "value": NAN, "drop": INF})
+        is None
+    )
     got = json.loads(out.read_text())
     assert (got["value"], got["drop"]) == ("nan", "inf")
 
 
+def test_hook_runs_no_shell(tmp_path, monkeypatch):
+    """A config's on_alert string is split into words, never given to a shell: `;`, `$VAR`,
+    `>` and `&&` reach the program as plain arguments (audit: shell=True ran anything)."""
+    monkeypatch.chdir(tmp_path)
+    argv = hook_argv("echo $HOME; touch pwned && touch pwned2 > pwned3")
+    assert argv == ["echo", "$HOME;", "touch", "pwned", "&&", "touch", "pwned2", ">", "pwned3"]
+    assert run_hook(argv, {"a": 1}) is None
+    assert list(tmp_path.iterdir()) == []  # nothing was touched or redirected
+    assert hook_argv(["notify-send", "a b"]) == ["notify-send", "a b"]  # a list is the argv
+    for bad in ("", "  ", [], ["ok", ""]):
+        with pytest.raises(ValueError, match="program"):
+            hook_argv(bad)
+
+
 def test_run_hook_failures_return_messages():
-    problem = run_hook("echo oops >&2; exit 3", {"a": 1})
+    fail = "import sys; sys.stderr.write('oops'); sys.exit(3)"
+    problem = run_hook([sys.executable, "-c", fail], {"a": 1})
     assert problem is not None and "status 3" in problem and "oops" in problem
-    problem = run_hook("definitely-not-a-command-lengthwise", {"a": 1})
-    assert problem is not None and "127" in problem
-    assert run_hook("true", {"a": 1}) is None  # does not read stdin: no broken-pipe error
+    problem = run_hook(["definitely-not-a-command-lengthwise"], {"a": 1})
+    assert problem is not None and "could not start" in problem
+    assert run_hook(["true"], {"a": 1}) is None  # does not read stdin: no broken-pipe error
     t0 = time.monotonic()
-    problem = run_hook("sleep 20 & sleep 20", {"a": 1}, timeout=0.5)
+    child = "import subprocess, time; subprocess.Popen(['sleep', '20']); time.sleep(20)"
+    problem = run_hook([sys.executable, "-c", child], {"a": 1}, timeout=0.5)
     assert problem is not None and "timed out" in problem
     assert time.monotonic() - t0 < 5
-    assert "not JSON" in run_hook("true", {"a": object()})
+    assert "not JSON" in run_hook(["true"], {"a": object()})
 
 
 def test_mean_metric():

@@ -4,6 +4,7 @@ falling; the monitor must alert and early stopping must stop exactly where its r
 the best checkpoint is restored."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 
 from lengthwise.config import Config
 from lengthwise.data.store import prepare
-from lengthwise.train.log import read_metrics
+from lengthwise.rundir import read_metrics
 from lengthwise.train.trainer import train
 
 
@@ -119,11 +120,14 @@ def test_early_stopping_stops_at_patience_and_restores_best(overfit_data, tmp_pa
 
 
 def test_stop_on_drop_and_alert_hook(overfit_data, tmp_path):
+    """The hook is an argv list run without a shell: it gets the alert as JSON on stdin, and the
+    run's log names it before the first step."""
     hook_file = tmp_path / "alerts.jsonl"
+    copy_stdin = f"import sys; open({str(hook_file)!r}, 'a').write(sys.stdin.read())"
+    hook = [sys.executable, "-c", copy_stdin]
     es = {"enabled": True, "metric": "fresh/loss", "patience": 1000, "stop_on_drop": True}
-    summary, records = run(
-        overfit_data, tmp_path / "run", early_stopping=es, on_alert=f"cat >> {hook_file}"
-    )
+    summary, records = run(overfit_data, tmp_path / "run", early_stopping=es, on_alert=hook)
+    assert records[0] == {**records[0], "event": "hook", "step": 0, "on_alert": hook}
     alerts = [r for r in records if r["event"] == "alert"]
     assert len(alerts) == 1 and summary["steps"] == alerts[0]["step"]
     event = json.loads(hook_file.read_text())

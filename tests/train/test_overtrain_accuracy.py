@@ -19,8 +19,8 @@ from lengthwise.data.store import prepare
 from lengthwise.eval.accuracy import score_items
 from lengthwise.eval.evaluator import task_items, training_keys
 from lengthwise.eval.lengthwise_lm import LengthwiseLM
+from lengthwise.rundir import read_metrics
 from lengthwise.tasks import get_task
-from lengthwise.train.log import read_metrics
 from lengthwise.train.trainer import train
 
 PATIENCE = 15

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from lengthwise.config import load_config
 from lengthwise.data.tokenizer import load_tokenizer
-from lengthwise.train.log import read_metrics
+from lengthwise.rundir import read_metrics
 from lengthwise.train.trainer import Trainer, TrainingDiverged, train
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_decomposition_grow_p2.json"
@@ -59,8 +59,8 @@ def test_loss_normalization_equals_mean_token_loss(make_cfg):
             logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100
         )
     out = t.train_step(batch)
-    assert out["loss"] == pytest.approx(mean.item(), rel=1e-6)
-    assert out["targets"] == batch.n_target_tokens == int((batch.targets != -100).sum())
+    assert out.loss == pytest.approx(mean.item(), rel=1e-6)
+    assert out.targets == batch.n_target_tokens == int((batch.targets != -100).sum())
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_nonfinite_steps_are_skipped_then_abort(make_cfg, monkeypatch):
     )
     t.model = t.model_plain
     out = t.train_step(next(t.loader))
-    assert not out["finite"]
+    assert not out.finite
     after = _params(t)
     assert all(torch.equal(before[k], after[k]) for k in before)  # update skipped
     with pytest.raises(TrainingDiverged, match="3 non-finite steps in a row"):

@@ -306,7 +306,7 @@ def train_point(ctx: Context, point: Point, extra: list[str] | None = None):
 
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
-    from lengthwise.train.log import read_metrics
+    from lengthwise.rundir import read_metrics
 
     return read_metrics(run_dir)
 

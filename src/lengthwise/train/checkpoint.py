@@ -1,16 +1,20 @@
-"""Atomic, verifiable, resumable checkpoints.
+"""Atomic, verifiable, resumable checkpoints, and the `Checkpointer` that says when one is due.
 
 A checkpoint is a directory written under a temporary name and renamed into place, with a
 `manifest.json` written last that records the sha256 of every file. Loading verifies the
 manifest first, so a truncated or corrupted checkpoint is reported in one line instead of
-crashing (or silently loading garbage), and tensors are read with `weights_only=True`, so no
-pickled code runs.
+crashing (or silently loading garbage).
 
-One process: `model.safetensors` (the weights, usable on their own) + `train_state.pt`
-(optimizer, counters, data-loader state, RNG states). Distributed runs (DDP or FSDP2) save model
-and optimizer with `torch.distributed.checkpoint` (each rank writes its shards; DCP's own
-`.metadata` file is a pickle written by PyTorch, which is why the manifest is verified before
-DCP reads it) plus one `rank-R.pt` per rank for its loader and RNG states.
+Nothing a checkpoint folder holds can run code when it is loaded, whoever wrote the folder (the
+manifest's checksums are written by the same hand, so they prove integrity, not origin):
+- one process: `model.safetensors` (the weights, usable on their own) + `train_state.pt`
+  (optimizer, counters, data-loader state, RNG states) read with `torch.load(weights_only=True)`;
+- DDP/FSDP2: `torch.distributed.checkpoint` shards plus one `rank-R.pt` per rank. DCP reads its
+  `.metadata` with a plain `pickle.load` and its non-tensor entries with
+  `torch.load(weights_only=False)`; lengthwise gives DCP a reader whose unpickler resolves only
+  the classes DCP metadata consists of (`_SafeMetadataReader`) and a planner that loads the
+  non-tensor entries with `weights_only=True` (`_SafeLoadPlanner`). Anything else is refused
+  with one line.
 
 Layout: RUN/checkpoints/step-00000120/ ..., RUN/checkpoints/best/ (the best by the configured
 metric), keeping the last `keep_last` step checkpoints.
@@ -19,22 +23,38 @@ metric), keeping the last `keep_last` step checkpoints.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
+import pickle
 import re
 import shutil
-import tempfile
-from pathlib import Path
+import warnings
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint import load as dcp_load
+from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint import save as dcp_save
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 
 from lengthwise.errors import UserError
+from lengthwise.io import copy_dir, remove_leftovers, replace_dir, temp_dir_beside
+from lengthwise.model.gpt import GPT
 
 MANIFEST = "manifest.json"
+FORMATS = ("single", "dcp")
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -76,6 +96,18 @@ def _distributed() -> bool:
     return dist.is_initialized() and dist.get_world_size() > 1
 
 
+def remove_partial(root: Path) -> list[Path]:
+    """Delete what killed saves left in RUN/checkpoints: lengthwise's own temporary folders
+    (`.step-N.tmp-*`, `.best.tmp-*`, `.NAME.old-*`, and `.tmp-*` of versions before 0.2). Call
+    on the main rank before the run's first save."""
+    removed = remove_leftovers(root)
+    if root.is_dir():
+        for p in root.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def save(
     root: Path,
     step: int,
@@ -91,18 +123,15 @@ def save(
     final = root / f"step-{step:08d}"
     rank = dist.get_rank() if _distributed() else 0
     if _distributed():
-        tmp_name = [str(Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))) if rank == 0 else ""]
+        tmp_name = [str(temp_dir_beside(final)) if rank == 0 else ""]
         dist.broadcast_object_list(tmp_name, src=0)
         tmp = Path(tmp_name[0])
-        from torch.distributed.checkpoint import save as dcp_save
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
         model_sd, optim_sd = get_state_dict(model, optimizer)
         dcp_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
         torch.save(state, tmp / f"rank-{rank}.pt")
         dist.barrier()
     else:
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+        tmp = temp_dir_beside(final)
         save_model(model, str(tmp / "model.safetensors"))
         torch.save({**state, "optimizer": optimizer.state_dict()}, tmp / "train_state.pt")
     if rank == 0:
@@ -112,12 +141,10 @@ def save(
             "format": "dcp" if _distributed() else "single",
             "world_size": dist.get_world_size() if _distributed() else 1,
             "meta": meta or {},
-            "sha256": {str(p.relative_to(tmp)): _sha256(p) for p in files},
+            "sha256": {p.relative_to(tmp).as_posix(): _sha256(p) for p in files},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)
         for old in step_dirs(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     if _distributed():
@@ -131,9 +158,12 @@ def verify(path: Path) -> dict[str, Any]:
     if not manifest_path.is_file():
         raise UserError(f"{path}: not a complete checkpoint (no {MANIFEST})")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
         raise UserError(f"{manifest_path}: corrupted (not JSON)") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise UserError(f"{manifest_path}: not a lengthwise checkpoint manifest ({problem})")
     for name, digest in manifest["sha256"].items():
         f = path / name
         if not f.is_file():
@@ -141,6 +171,38 @@ def verify(path: Path) -> dict[str, Any]:
         if _sha256(f) != digest:
             raise UserError(f"{path}: corrupted or truncated checkpoint ({name}: sha256 mismatch)")
     return manifest
+
+
+def _manifest_problem(m: Any) -> str | None:
+    if not isinstance(m, dict):
+        return "expected a JSON object"
+    if m.get("format") not in FORMATS:
+        return f"format must be one of {', '.join(FORMATS)}"
+    for key in ("step", "world_size"):
+        if not isinstance(m.get(key), int) or isinstance(m.get(key), bool) or m[key] < 0:
+            return f"{key} must be a non-negative integer"
+    files = m.get("sha256")
+    if not isinstance(files, dict) or not files:
+        return "sha256 must map the checkpoint's files to their digests"
+    for name, digest in files.items():
+        parts = PurePosixPath(name).parts
+        if not parts or name.startswith("/") or ".." in parts or "\\" in name:
+            return f"file name {name!r} points outside the checkpoint"
+        if not isinstance(digest, str):
+            return f"digest of {name} must be a string"
+    if not isinstance(m.get("meta", {}), dict):
+        return "meta must be a JSON object"
+    return None
+
+
+def _load_safetensors(path: Path, model: nn.Module) -> None:
+    try:
+        load_model(model, str(path / "model.safetensors"))
+    except (RuntimeError, SafetensorError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"{path}: the checkpoint does not fit this model config ({first})"
+        ) from None
 
 
 def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
@@ -153,19 +215,116 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) 
             "the data order is per rank, so resume with the same world size"
         )
     if manifest["format"] == "single":
-        load_model(model, str(path / "model.safetensors"))
-        state = torch.load(path / "train_state.pt", weights_only=True, map_location="cpu")
+        _load_safetensors(path, model)
+        state = _torch_load(path / "train_state.pt")
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
         return state
-    from torch.distributed.checkpoint import load as dcp_load
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
     model_sd, optim_sd = get_state_dict(model, optimizer)
     sd = {"model": model_sd, "optim": optim_sd}
-    dcp_load(sd, checkpoint_id=str(path / "dcp"))
+    _dcp_load(sd, path / "dcp", no_dist=False)
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
-    return torch.load(path / f"rank-{dist.get_rank()}.pt", weights_only=True, map_location="cpu")
+    return _torch_load(path / f"rank-{dist.get_rank()}.pt")
+
+
+def load_weights(path: Path, model: nn.Module) -> dict[str, Any]:
+    """Fill `model` with a checkpoint's weights, in one process, whichever format (one-process
+    safetensors or DCP shards from a DDP/FSDP2 run). Returns the manifest."""
+    manifest = verify(path)
+    if manifest["format"] == "single":
+        _load_safetensors(path, model)
+    else:
+        sd = {"model": model.state_dict()}
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+            warnings.filterwarnings("ignore", message=".*single process", category=UserWarning)
+            _dcp_load(sd, path / "dcp", no_dist=True)
+        model.load_state_dict(sd["model"])
+    return manifest
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{path}: refused to load ({str(e).splitlines()[0]})") from None
+
+
+# ---------------------------------------------------------------------- DCP without pickled code
+
+# Every class a DCP `.metadata` pickle refers to (torch 2.5-2.13), and nothing that can run code.
+_METADATA_CLASSES = {
+    ("torch.distributed.checkpoint.metadata", name)
+    for name in (
+        "Metadata",
+        "StorageMeta",
+        "MetadataIndex",
+        "TensorProperties",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "_MEM_FORMAT_ENCODING",
+    )
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.serialization", "_get_layout"),
+    ("torch", "Size"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PureWindowsPath"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Resolves only `_METADATA_CLASSES` and torch dtypes: a pickle that names anything else
+    (os.system, builtins.eval, ...) is refused before it is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _METADATA_CLASSES or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        ):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refuses to unpickle {module}.{name}")
+
+
+class _SafeMetadataReader(FileSystemReader):
+    def read_metadata(self, *args: Any, **kwargs: Any) -> dcp_metadata.Metadata:
+        rank = kwargs.get("rank")
+        path = Path(self.path) / (".metadata" if rank is None else f"__{rank}.metadata")
+        with open(path, "rb") as f:
+            found = _MetadataUnpickler(f).load()
+        if not isinstance(found, dcp_metadata.Metadata):
+            raise pickle.UnpicklingError(f"{path.name} holds a {type(found).__name__}")
+        if getattr(found, "storage_meta", None) is None:
+            found.storage_meta = dcp_metadata.StorageMeta()
+        found.storage_meta.load_id = getattr(self, "load_id", None)
+        return found
+
+
+class _SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP loads non-tensor entries (optimizer hyper-parameters) with `weights_only=False`:
+    check the same bytes with `weights_only=True` first, which refuses anything but plain data."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        data = value.read()
+        torch.load(io.BytesIO(data), weights_only=True)
+        super().load_bytes(read_item, io.BytesIO(data))
+
+
+def _dcp_load(state_dict: dict[str, Any], folder: Path, no_dist: bool) -> None:
+    try:
+        dcp_load(
+            state_dict,
+            storage_reader=_SafeMetadataReader(str(folder)),
+            planner=_SafeLoadPlanner(),
+            no_dist=no_dist,
+        )
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{folder}: refused to load ({str(e).splitlines()[0]})") from None
+
+
+# ---------------------------------------------------------------------- the trainer's side
 
 
 def full_model(model: nn.Module, model_cfg: Any) -> nn.Module | None:
@@ -173,10 +332,6 @@ def full_model(model: nn.Module, model_cfg: Any) -> nn.Module | None:
     rank joins the gather and rank 0 gets an unsharded CPU copy (the others get None)."""
     if not _distributed():
         return model
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    from lengthwise.model.gpt import GPT
-
     full = get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
@@ -185,3 +340,56 @@ def full_model(model: nn.Module, model_cfg: Any) -> nn.Module | None:
     plain = GPT(model_cfg)
     plain.load_state_dict(full)
     return plain
+
+
+class Checkpointer:
+    """When and where a run's checkpoints are written: every `every_tokens` of the budget,
+    counted from the last periodic one (0: never), and whenever the trainer forces one (the end,
+    a pause, an early stop, a new best, which is also copied to `best/`); never twice for one
+    step. The periodic mark lives in the run's counters (`next_checkpoint`), so a resumed run
+    keeps the schedule."""
+
+    def __init__(self, root: Path, every_tokens: int, keep_last: int, is_main: bool) -> None:
+        self.root, self.every_tokens, self.keep_last, self.is_main = (
+            root,
+            every_tokens,
+            keep_last,
+            is_main,
+        )
+        self.saved_at = -1  # the step of the last save (or of the checkpoint resumed from)
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best"
+
+    def due(self, counters: Any, budget: int, force: bool) -> bool:
+        """Whether to save after `counters.step`; moves `counters.next_checkpoint` on when the
+        periodic checkpoint fires (before the save, so the saved counters hold the next one)."""
+        periodic = bool(self.every_tokens) and budget >= counters.next_checkpoint
+        if periodic:
+            counters.next_checkpoint = budget + self.every_tokens
+        return (periodic or force) and counters.step != self.saved_at
+
+    def save(
+        self,
+        step: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: dict[str, Any],
+        meta: dict[str, Any],
+        best: bool = False,
+    ) -> Path:
+        path = save(self.root, step, model, optimizer, state, self.keep_last, meta)
+        if best and self.is_main:
+            copy_dir(path, self.best)
+        if _distributed():
+            dist.barrier()
+        self.saved_at = step
+        return path
+
+    def restore_best(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int | None:
+        """Load best/ into the model (monitor.restore_best); its step, or None if there is none."""
+        if not (self.best / MANIFEST).is_file():
+            return None
+        state = load(self.best, model, optimizer)  # verifies checksums
+        return int(state["counters"]["step"])

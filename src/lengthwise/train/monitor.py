@@ -6,7 +6,7 @@
   metric that is worse than its best by more than `alert_drop` (relative), or not finite.
 - `EarlyStopping`: PyTorch Lightning's `EarlyStopping` on one metric (patience, min_delta,
   check_finite, stopping/divergence thresholds), plus `stop_on_drop` (stop at an OOD alert).
-- `run_hook(cmd, event)`: the `monitor.on_alert` shell command, the event as JSON on stdin.
+- `run_hook(argv, event)`: the `monitor.on_alert` program (no shell), the event as JSON on stdin.
 - `mean_metric(metrics, names)`: the mean of some metrics (the "mean OOD metric").
 
 Alert re-fire policy: an alert fires at EVERY eval while a metric stays in the dropped state, so
@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -327,20 +328,31 @@ def _tail(text: str, n: int = 500) -> str:
     return text if len(text) <= n else "..." + text[-n:]
 
 
-def run_hook(cmd: str, event: dict[str, Any], timeout: float = 30) -> str | None:
-    """Run `cmd` in a shell with `event` as one JSON line on stdin (non-finite floats as strings).
+def hook_argv(command: str | list[str]) -> list[str]:
+    """`monitor.on_alert` as an argv list: a list is taken as is, a string is split like a shell
+    would split words (quotes respected) but no shell runs it: no pipes, redirections, `;`,
+    variables or globs, so a shared config can run only the one program it names."""
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    if not argv or not all(isinstance(a, str) and a for a in argv):
+        raise ValueError(f"expected a program and its arguments, got {command!r}")
+    return argv
+
+
+def run_hook(argv: list[str], event: dict[str, Any], timeout: float = 30) -> str | None:
+    """Run the program `argv` (no shell) with `event` as one JSON line on stdin (non-finite
+    floats as strings).
 
     Never raises: None on success, else a message (non-zero exit with the end of its stderr,
     timeout, or failure to start). On timeout the command's whole process group is killed.
     """
+    cmd = shlex.join(argv)
     try:
         line = json.dumps(_json_safe(event)) + "\n"
     except (TypeError, ValueError) as e:
         return f"event is not JSON-serializable: {e}"
     try:
         proc = subprocess.Popen(
-            cmd,
-            shell=True,
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

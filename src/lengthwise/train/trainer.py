@@ -12,7 +12,6 @@ FSDP2 average gradients over ranks, hence the factor world_size.
 from __future__ import annotations
 
 import gc
-import json
 import math
 import shutil
 import time
@@ -24,16 +23,19 @@ from typing import Any
 import torch
 
 from lengthwise.batch import Batch
-from lengthwise.config import Config, dump_config
+from lengthwise.config import Config
 from lengthwise.data.loader import BatchLoader
+from lengthwise.data.stats import ModelDims, strategy_stats
 from lengthwise.data.store import TokenStore
 from lengthwise.data.strategies import build_strategy
 from lengthwise.data.tokenizer import load_tokenizer
 from lengthwise.errors import UserError
 from lengthwise.eval.evaluator import Evaluator
-from lengthwise.io import atomic_write_text, copy_dir
+from lengthwise.eval.exported import write_export
 from lengthwise.model.gpt import GPT
+from lengthwise.rundir import RunDir
 from lengthwise.train import checkpoint
+from lengthwise.train.checkpoint import Checkpointer
 from lengthwise.train.distributed import (
     Dist,
     all_reduce_sum,
@@ -44,8 +46,8 @@ from lengthwise.train.distributed import (
     sync_gradients,
     wrap_model,
 )
+from lengthwise.train.evaluation import EvalOutcome, EvalRound
 from lengthwise.train.log import RunLog
-from lengthwise.train.monitor import EarlyStopping, OODMonitor, direction, run_hook
 from lengthwise.train.optim import build_optimizer, lr_at, penalty
 
 
@@ -55,9 +57,12 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class Counters:
+    """The run's position, saved in every checkpoint. The budget (`Trainer.budget`) is `tokens`
+    or `target_tokens`, by `train.budget_unit`; `next_eval`/`next_checkpoint` are in that unit."""
+
     step: int = 0
-    tokens: int = 0  # global input slots (B x T x ranks), what the schedule runs on
-    target_tokens: int = 0
+    tokens: int = 0  # global input slots (B x T x ranks, padding included)
+    target_tokens: int = 0  # global real target tokens
     nonfinite_in_a_row: int = 0
     skipped_steps: int = 0
     alerts: int = 0
@@ -99,8 +104,15 @@ def digit_ids(tokenizer_path: Path) -> list[int]:
 def build_model(cfg: Config, store: TokenStore) -> tuple[GPT, Config]:
     """The model, with the config completed from the data (vocab size, digit ids)."""
     updates: dict[str, Any] = {}
+    needed = store.meta["tokenizer"]["vocab_size"]
     if cfg.model.vocab_size is None:
-        updates["vocab_size"] = store.meta["tokenizer"]["vocab_size"]
+        updates["vocab_size"] = needed
+    elif cfg.model.vocab_size < needed:
+        raise UserError(
+            f"model.vocab_size: {cfg.model.vocab_size} is smaller than the tokenizer's "
+            f"{needed} tokens ({cfg.data.out_dir / 'tokenizer.json'}); leave it unset to take "
+            "the tokenizer's size"
+        )
     if cfg.model.position == "abacus" and not cfg.model.digit_token_ids:
         updates["digit_token_ids"] = digit_ids(cfg.data.out_dir / "tokenizer.json")
     if updates:
@@ -121,16 +133,36 @@ def split_micro_batches(batch: Batch, micro_batch_tokens: int | None) -> list[Ba
     return batch.split_rows(fits[0] if fits else rows)
 
 
+@dataclass
+class StepResult:
+    """What one optimizer step did (all ranks together)."""
+
+    loss: float  # mean token loss over the step's targets
+    grad_norm: float
+    lr: float
+    finite: bool  # False: the update was skipped
+    seq_len: int  # T of the step's rows
+    rows: int
+    slots: int  # rows x T: every input position, padding included
+    targets: int  # real target tokens (what the loss sees)
+    pad_fraction: float
+    reg: float  # the L1/L2 penalty added to the loss (0 without one)
+    micro_batches: int
+
+
 class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, quiet: bool = False) -> None:
+        """Everything is checked before anything is written: the data, the tokenizer, the
+        config against the checkpoint on --resume (a refused run leaves its folder as it was)."""
         self.dist = init_distributed(cfg.distributed.backend, _device_type(cfg))
         self.device = resolve_device(cfg, self.dist)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.run_dir = Path(cfg.train.out_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.run = RunDir(Path(cfg.train.out_dir))
+        self.run_dir = self.run.path
         store = TokenStore(cfg.data.out_dir / "train")
+        check_tokenizer(cfg.data.out_dir / "tokenizer.json", store)
         self.model_plain, cfg = build_model(cfg, store)
         self.cfg = cfg
         self.model_plain.to(self.device)
@@ -154,30 +186,9 @@ class Trainer:
         )
         self.loader = BatchLoader(strategy)
         self.autocast = autocast_for(cfg, self.device)
-        self._build_evaluation(cfg)
-        self.counters = Counters(
-            next_eval=cfg.eval.every_tokens,
-            next_checkpoint=cfg.train.checkpoint_every_tokens,
-        )
-        torch.manual_seed(cfg.train.seed + 1 + self.dist.rank)  # dropout etc., per rank
-        self._prepare_run_dir(resume)
-        self.log = RunLog(
-            self.run_dir,
-            cfg.train.total_tokens,
-            self.counters.tokens,
-            self.dist.is_main,
-            cfg.train.progress and not quiet,
-            cfg.train.tensorboard,
-            start_seconds=self.counters.seconds,
-        )
-
-    # ------------------------------------------------------------------ set-up and resume
-
-    def _build_evaluation(self, cfg: Config) -> None:
-        """Eval sets, the OOD monitor, early stopping and the metric that picks `best`."""
-        self.evaluator = None
+        evaluator = None
         if cfg.eval.sets:
-            self.evaluator = Evaluator(
+            evaluator = Evaluator(
                 cfg,
                 load_tokenizer(cfg.data.out_dir / "tokenizer.json"),
                 self.device,
@@ -186,73 +197,111 @@ class Trainer:
                 reduce=all_reduce_sum_tensor,
                 autocast=self.autocast,
             )
-        ood = self.evaluator.ood_metrics if self.evaluator else []
-        self.monitor = OODMonitor(ood, alert_drop=cfg.monitor.alert_drop)
-        es = cfg.monitor.early_stopping
-        self.stopper = None
-        if es.enabled:
-            metric = es.metric or (self.evaluator.default_stop_metric if self.evaluator else None)
-            if metric is None:
-                raise UserError(
-                    "monitor.early_stopping: no metric (set metric, or declare an eval set "
-                    "with tag: ood)"
-                )
-            self.stopper = EarlyStopping(
-                metric,
-                mode=es.mode,
-                patience=es.patience,
-                min_delta=es.min_delta,
-                stop_on_drop=es.stop_on_drop,
-                check_finite=es.check_finite,
-            )
-        self.best_metric = cfg.train.best_metric or (self.stopper.metric if self.stopper else None)
-        if cfg.monitor.restore_best and self.best_metric is None:
-            raise UserError("monitor.restore_best: needs train.best_metric or early stopping")
+        self.evaluation = EvalRound(cfg, evaluator, self.dist.is_main)
+        self.checkpointer = Checkpointer(
+            self.run.checkpoints,
+            cfg.train.checkpoint_every_tokens,
+            cfg.train.keep_last,
+            self.dist.is_main,
+        )
+        self.counters = Counters(
+            next_eval=cfg.eval.every_tokens,
+            next_checkpoint=cfg.train.checkpoint_every_tokens,
+        )
+        self._seq_lens: list[int] = []  # T of each step since the last train record
+        self._window_tokens, self._window_start = 0, time.time()  # for tokens/s
+        torch.manual_seed(cfg.train.seed + 1 + self.dist.rank)  # dropout etc., per rank
+        self.finished = self._start(resume)
+        self.log = RunLog(
+            self.run,
+            cfg.train.total_tokens,
+            self.budget,
+            self.dist.is_main and self.finished is None,
+            cfg.train.progress and not quiet,
+            cfg.train.tensorboard,
+            start_seconds=self.counters.seconds,
+        )
+        hook = self.evaluation.describe_hook()
+        if hook and self.finished is None:
+            self.log.message(hook)
+            if self.counters.step == 0:
+                self.log.write("hook", 0, 0, on_alert=self.evaluation.hook)
 
-    def _prepare_run_dir(self, resume: bool) -> None:
-        last = checkpoint.latest(self.ckpt_dir)
+    # ------------------------------------------------------------------ set-up and resume
+
+    def _start(self, resume: bool) -> dict[str, Any] | None:
+        """Validate, then load the checkpoint on --resume, then write the run folder's files.
+        Returns the summary of a run that had already finished (nothing is written then)."""
+        last = checkpoint.latest(self.run.checkpoints)
         if last is not None and not resume:
             raise UserError(
                 f"{self.run_dir}: holds checkpoints; pass --resume to continue, or choose "
                 "another train.out_dir"
             )
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
-            if not (self.run_dir / "data_stats.json").is_file():  # for reports: one epoch's
-                self._write_data_stats()  # padding, dropped tokens, FLOPs, bucket histogram
-            shutil.copyfile(
-                self.cfg.data.out_dir / "tokenizer.json", self.run_dir / "tokenizer.json"
-            )
-        barrier()
-        if resume and last is not None:
+        if last is not None:
+            check_resumable(self.run, self.cfg)
             state = checkpoint.load(last, self.model_plain, self.optimizer)
             self.loader.load_state_dict(state["loader"])
             checkpoint.set_rng_state(state["rng"])
             self.counters = Counters(**state["counters"])
-            self.monitor.load_state_dict(state["monitor"])
-            if self.stopper is not None and state.get("stopper"):
-                self.stopper.load_state_dict(state["stopper"])
+            self.evaluation.load_state_dict(state)
+            self._seq_lens = list(state.get("seq_lens", []))
+            self.checkpointer.saved_at = self.counters.step
+            finished = self._finished_summary()
+            if finished is not None:
+                return finished
+        if self.dist.is_main:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            checkpoint.remove_partial(self.run.checkpoints)
+            self.run.trim_metrics(self.counters.step)  # 0 on a fresh start: an empty log
+            if last is None:
+                self.run.summary_path.unlink(missing_ok=True)  # of an attempt that died
+            self.run.write_config(self.cfg)
+            if last is None or not self.run.data_stats_path.is_file():
+                self._write_data_stats()
+            shutil.copyfile(self.cfg.data.out_dir / "tokenizer.json", self.run.tokenizer_path)
+        barrier()
+        return None
+
+    def _finished_summary(self) -> dict[str, Any] | None:
+        """The summary of a run that ended (completed or stopped early) at the checkpoint just
+        loaded, unless a larger total_tokens asks for more training."""
+        summary = self.run.summary()
+        if not summary or summary.get("steps") != self.counters.step:
+            return None
+        reason = summary.get("stop_reason")
+        if reason == "early_stopping" or (reason == "completed" and self.budget_spent()):
+            return summary
+        return None
 
     def _write_data_stats(self) -> None:
-        from lengthwise.data.stats import ModelDims, strategy_stats
-
         store = TokenStore(self.cfg.data.out_dir / "train")
         dims = ModelDims(self.cfg.model.n_layer, self.cfg.model.d_model)
         try:
             stats = strategy_stats(store, self.cfg.batching, dims)
         except UserError:
             return  # not one full step: the loader reports it
-        atomic_write_text(self.run_dir / "data_stats.json", json.dumps(stats, indent=2))
+        self.run.write_data_stats(stats)
 
     def _state(self) -> dict[str, Any]:
         return {
             "counters": self.counters.__dict__.copy(),
             "loader": self.loader.state_dict(),
             "rng": checkpoint.rng_state(),
-            "monitor": self.monitor.state_dict(),
-            "stopper": self.stopper.state_dict() if self.stopper else None,
+            "seq_lens": list(self._seq_lens),  # steps not yet in a train record
+            **self.evaluation.state_dict(),
         }
+
+    # ------------------------------------------------------------------ the budget
+
+    @property
+    def budget(self) -> int:
+        """Tokens spent, in `train.budget_unit`: what the schedule and the cadences run on."""
+        c = self.counters
+        return c.target_tokens if self.cfg.train.budget_unit == "targets" else c.tokens
+
+    def budget_spent(self) -> bool:
+        return self.budget >= self.cfg.train.total_tokens
 
     # ------------------------------------------------------------------ one optimizer step
 
@@ -280,10 +329,10 @@ class Trainer:
             loss_sum += token_loss.detach().double()
         return loss_sum, n_global, len(micro), reg
 
-    def train_step(self, batch: Batch) -> dict[str, Any]:
+    def train_step(self, batch: Batch) -> StepResult:
         """One optimizer step; a non-finite loss or gradient skips the update."""
         cfg, world = self.cfg, self.dist.world_size
-        lr = lr_at(self.counters.tokens, cfg.train.total_tokens, cfg.optim.lr, cfg.schedule)
+        lr = lr_at(self.budget, cfg.train.total_tokens, cfg.optim.lr, cfg.schedule)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         loss_sum, n_global, n_micro, reg = self.backward(batch)
@@ -295,213 +344,203 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         rows, T = batch.input_ids.shape
-        return {
-            "loss": mean_loss,
-            "grad_norm": float(grad_norm),
-            "lr": lr,
-            "finite": finite,
-            "seq_len": T,
-            "rows": rows * world,
-            "slots": rows * T * world,
-            "targets": int(n_global),
-            "pad_fraction": float((batch.input_ids == self.pad_id).float().mean()),
-            "reg": float(reg.detach()) if reg is not None else 0.0,
-            "micro_batches": n_micro,
-        }
-
-    # ------------------------------------------------------------------ eval and checkpoints
-
-    def evaluate(self) -> dict[str, float]:
-        # the plain module: FSDP2 shards it in place; DDP's forward hooks are not needed
-        return self.evaluator.run(self.model_plain) if self.evaluator else {}
-
-    def watch(self, metrics: dict[str, float]) -> str | None:
-        """OOD alerts (log, console, hook) and the early-stopping decision: a stop reason or
-        None."""
-        c = self.counters
-        alerts = self.monitor.update(metrics, c.step, c.tokens)
-        c.alerts += len(alerts)
-        for a in alerts:
-            event = a.to_dict()
-            self.log.write("alert", c.tokens, **{k: v for k, v in event.items() if k != "tokens"})
-            self.log.message(
-                f"ALERT step {c.step}: {a.metric} = {a.value:.4g}, {a.drop:.1%} worse than its "
-                f"best {a.best:.4g} (step {a.best_step})"
-            )
-            if self.cfg.monitor.on_alert and self.dist.is_main and a.first:  # once per drop
-                problem = run_hook(self.cfg.monitor.on_alert, event)
-                if problem:
-                    self.log.message(f"monitor.on_alert failed: {problem}")
-        if self.stopper is None:
-            return None
-        metric = self.stopper.metric
-        if metric not in metrics:
-            raise UserError(
-                f"monitor.early_stopping.metric: '{metric}' is not an eval metric "
-                f"({', '.join(metrics)})"
-            )
-        decision = self.stopper.update(metrics[metric], c.step, alert=bool(alerts))
-        if decision.stop:
-            self.log.write("early_stop", c.tokens, step=c.step, reason=decision.reason)
-            self.log.message(f"early stop at step {c.step}: {decision.reason}")
-            return decision.reason
-        return None
-
-    def save_checkpoint(self, metrics: dict[str, float] | None = None) -> Path:
-        self.counters.seconds = self.log.elapsed()
-        path = checkpoint.save(
-            self.ckpt_dir,
-            self.counters.step,
-            self.model_plain,
-            self.optimizer,
-            self._state(),
-            keep_last=self.cfg.train.keep_last,
-            meta={"tokens": self.counters.tokens, **(metrics or {})},
+        return StepResult(
+            loss=mean_loss,
+            grad_norm=float(grad_norm),
+            lr=lr,
+            finite=finite,
+            seq_len=T,
+            rows=rows * world,
+            slots=rows * T * world,
+            targets=int(n_global),
+            pad_fraction=float((batch.input_ids == self.pad_id).float().mean()),
+            reg=float(reg.detach()) if reg is not None else 0.0,
+            micro_batches=n_micro,
         )
-        self._saved_at = self.counters.step
-        return path
 
-    def _maybe_track_best(self, metrics: dict[str, float]) -> None:
-        key = self.best_metric
-        if not key:
-            return
-        if key not in metrics:
-            raise UserError(f"train.best_metric: '{key}' is not an eval metric ({list(metrics)})")
-        value = metrics[key]
-        sign = 1.0 if direction(key) == "min" else -1.0
-        if not math.isfinite(value):
-            return
-        if self.counters.best is None or sign * value < sign * self.counters.best:
-            self.counters.best = value
-            path = self.save_checkpoint(metrics)
-            if self.dist.is_main:
-                copy_dir(path, self.ckpt_dir / "best")
-            barrier()
-
-    def restore_best(self) -> int | None:
-        """Load checkpoints/best into the model (monitor.restore_best); its step, or None."""
-        best = self.ckpt_dir / "best"
-        if not (best / checkpoint.MANIFEST).is_file():
-            return None
-        state = checkpoint.load(best, self.model_plain, self.optimizer)  # verifies checksums
-        return int(state["counters"]["step"])
+    def account(self, out: StepResult) -> None:
+        """Count a finished step (counters, progress, train record); a run of non-finite steps
+        longer than `train.max_nonfinite_steps` raises TrainingDiverged."""
+        c, cfg = self.counters, self.cfg
+        before = self.budget
+        c.step += 1
+        c.tokens += out.slots
+        c.target_tokens += out.targets
+        if out.finite:
+            c.nonfinite_in_a_row = 0
+        else:
+            c.nonfinite_in_a_row += 1
+            c.skipped_steps += 1
+            self.log.write("nonfinite", c.tokens, c.step, loss=out.loss, grad_norm=out.grad_norm)
+            self.log.message(f"step {c.step}: non-finite loss/gradient, step skipped")
+            if c.nonfinite_in_a_row >= cfg.train.max_nonfinite_steps:
+                raise TrainingDiverged(
+                    f"{c.nonfinite_in_a_row} non-finite steps in a row (last at step "
+                    f"{c.step}); lower optim.lr or check the data"
+                )
+        self.log.advance(self.budget - before, loss=out.loss, T=out.seq_len)
+        self._seq_lens.append(out.seq_len)
+        self._window_tokens += out.slots
+        if c.step % cfg.train.log_every_steps == 0:
+            self._log_train(out)
 
     # ------------------------------------------------------------------ the loop
 
     def fit(self, stop_at_step: int | None = None) -> dict[str, Any]:
         """Train to `train.total_tokens`. `stop_at_step` ends this invocation early (with a
         checkpoint) on the same schedule: time-boxed or preemptible jobs resume from there."""
-        cfg, c = self.cfg, self.counters
-        start, window_tokens, window_start = time.time(), 0, time.time()
-        self._saved_at = c.step if c.step else -1
-        metrics: dict[str, float] = {}
-        stop_detail = None
-        while c.tokens < cfg.train.total_tokens:
+        if self.finished is not None:
+            print(
+                f"{self.run_dir}: already finished ({self.finished.get('stop_reason')} at step "
+                f"{self.finished.get('steps')}); nothing to train"
+            )
+            return self.finished
+        c = self.counters
+        self._window_tokens, self._window_start = 0, time.time()
+        outcome, out = EvalOutcome(), None
+        while not self.budget_spent():
             out = self.train_step(next(self.loader))
-            c.step += 1
-            c.tokens += out["slots"]
-            c.target_tokens += out["targets"]
-            window_tokens += out["slots"]
-            if not out["finite"]:
-                c.nonfinite_in_a_row += 1
-                c.skipped_steps += 1
-                self.log.write(
-                    "nonfinite", c.tokens, step=c.step, loss=out["loss"], grad_norm=out["grad_norm"]
-                )
-                self.log.message(f"step {c.step}: non-finite loss/gradient, step skipped")
-                if c.nonfinite_in_a_row >= cfg.train.max_nonfinite_steps:
-                    raise TrainingDiverged(
-                        f"{c.nonfinite_in_a_row} non-finite steps in a row (last at step "
-                        f"{c.step}); lower optim.lr or check the data"
-                    )
-            else:
-                c.nonfinite_in_a_row = 0
-            self.log.advance(out["slots"], loss=out["loss"], T=out["seq_len"])
-            if c.step % cfg.train.log_every_steps == 0:
-                now = time.time()
-                tps = window_tokens / max(now - window_start, 1e-9)
-                self._log_train(out, tps)
-                window_tokens, window_start = 0, now
-            done = c.tokens >= cfg.train.total_tokens
-            paused = stop_at_step is not None and c.step >= stop_at_step and not done
-            if (cfg.eval.every_tokens and c.tokens >= c.next_eval) or done:
-                c.next_eval = c.tokens + cfg.eval.every_tokens
-                if self.evaluator:
-                    metrics = self.evaluate()
-                    self.log.write("eval", c.tokens, step=c.step, **metrics)
-                    self._maybe_track_best(metrics)
-                    stop_detail = self.watch(metrics)
-                    if stop_detail:
-                        if self._saved_at != c.step:
-                            self.save_checkpoint(metrics)
-                        break
-            if (cfg.train.checkpoint_every_tokens and c.tokens >= c.next_checkpoint) or done:
-                c.next_checkpoint = c.tokens + cfg.train.checkpoint_every_tokens
-                if self._saved_at != c.step:
-                    self.save_checkpoint(metrics)
-            if paused:
-                if self._saved_at != c.step:
-                    self.save_checkpoint(metrics)
+            self.account(out)
+            end = self.budget_spent()
+            paused = not end and stop_at_step is not None and c.step >= stop_at_step
+            if self.evaluation.due(c, self.budget, end):
+                outcome = self.evaluation.run(self.model_plain, c, self.log)
+            stopping = end or paused or outcome.stop_reason is not None
+            if self.checkpointer.due(c, self.budget, force=stopping or outcome.new_best):
+                self.save_checkpoint(outcome.metrics, best=outcome.new_best)
+            outcome.new_best = False  # copied once
+            if stopping:
                 break
-        reason = "completed" if c.tokens >= cfg.train.total_tokens else "paused"
-        restored = None
-        if stop_detail:
+        reason = "paused"
+        if outcome.stop_reason:
             reason = "early_stopping"
-        if cfg.monitor.restore_best and reason != "paused":
-            restored = self.restore_best()
+        elif self.budget_spent():
+            reason = "completed"
+        if reason != "paused" and self._seq_lens and out is not None:
+            self._log_train(out)  # the last steps' schedule reaches the log (a pause keeps
+            # them in the checkpoint for the resumed run's next record)
+        restored = None
+        if self.cfg.monitor.restore_best and reason != "paused":
+            restored = self.checkpointer.restore_best(self.model_plain, self.optimizer)
         summary = {
             "stop_reason": reason,
-            "stop_detail": stop_detail,
+            "stop_detail": outcome.stop_reason,
             "restored_best_step": restored,
             "steps": c.step,
             "tokens": c.tokens,
             "target_tokens": c.target_tokens,
+            "budget_unit": self.cfg.train.budget_unit,
             "skipped_steps": c.skipped_steps,
-            "wall_seconds": round(time.time() - start, 2),
-            "final": metrics,
+            "wall_seconds": round(self.log.elapsed(), 2),  # the run's clock, across resumes
+            "final": outcome.metrics,
             "best": c.best,
-            "best_metric": self.best_metric,
+            "best_metric": self.evaluation.best_metric,
             "alerts": c.alerts,
         }
         self._export(summary)
         self.log.close()
         return summary
 
-    def _log_train(self, out: dict[str, Any], tokens_per_s: float) -> None:
-        fields = {
-            k: out[k]
-            for k in ("loss", "grad_norm", "lr", "seq_len", "rows", "pad_fraction", "micro_batches")
+    def save_checkpoint(self, metrics: dict[str, float], best: bool = False) -> Path:
+        self.counters.seconds = self.log.elapsed()
+        return self.checkpointer.save(
+            self.counters.step,
+            self.model_plain,
+            self.optimizer,
+            self._state(),
+            meta={"tokens": self.counters.tokens, **metrics},
+            best=best,
+        )
+
+    def _log_train(self, out: StepResult) -> None:
+        now = time.time()
+        tokens_per_s = self._window_tokens / max(now - self._window_start, 1e-9)
+        self._window_tokens, self._window_start = 0, now
+        fields: dict[str, Any] = {
+            "loss": out.loss,
+            "grad_norm": out.grad_norm,
+            "lr": out.lr,
+            "seq_len": out.seq_len,
+            "rows": out.rows,
+            "pad_fraction": out.pad_fraction,
+            "micro_batches": out.micro_batches,
+            "seq_lens": self._seq_lens,  # every step since the last record
         }
+        self._seq_lens = []
         if self.cfg.optim.l1 or self.cfg.optim.l2:
-            fields["reg"] = out["reg"]
+            fields["reg"] = out.reg
         # model FLOPs/s over all ranks (6N + causal attention per slot; see GPT.flops_per_token)
-        flops = self.model_plain.flops_per_token(out["seq_len"]) * tokens_per_s
+        flops = self.model_plain.flops_per_token(out.seq_len) * tokens_per_s
         fields["tflops"] = flops / 1e12
         if self.cfg.train.peak_tflops:
             fields["mfu"] = flops / (self.cfg.train.peak_tflops * 1e12 * self.dist.world_size)
         self.log.write(
             "train",
             self.counters.tokens,
-            step=self.counters.step,
+            self.counters.step,
             tokens_per_s=tokens_per_s,
             epoch=self.loader.epoch,
             **fields,
         )
 
     def _export(self, summary: dict[str, Any]) -> None:
-        """RUN/export/ (the final weights, config.json and tokenizer; see lengthwise.export; the
-        Hugging Face folder is left to `lengthwise export`) and RUN/summary.json."""
-        from lengthwise.export import write_export
-
+        """RUN/export/ (the final weights, config.json and tokenizer; the Hugging Face folder is
+        left to `lengthwise export`) and RUN/summary.json."""
         full = checkpoint.full_model(self.model_plain, self.cfg.model)
         if self.dist.is_main:
             source = {"run_dir": str(self.run_dir), "step": self.counters.step}
             source["tokens"] = self.counters.tokens
-            write_export(
-                full, self.run_dir / "tokenizer.json", self.run_dir / "export", source, hf=False
-            )
-            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+            write_export(full, self.run.tokenizer_path, self.run.export_dir, source, hf=False)
+            self.run.write_summary(summary)
         barrier()
+
+
+def check_tokenizer(path: Path, store: TokenStore) -> None:
+    """The data folder's tokenizer.json must be the one the store was prepared with: a file
+    swapped after `prepare` would train on ids that mean other tokens."""
+    if not path.is_file():
+        raise UserError(f"{path}: missing (run `lengthwise prepare` on this config)")
+    found, recorded = load_tokenizer(path).fingerprint, store.meta["tokenizer"]["sha256"]
+    if found != recorded:
+        raise UserError(
+            f"{path}: not the tokenizer {store.path} was prepared with (sha256 {found[:12]} vs "
+            f"{recorded[:12]}); restore it or rerun `lengthwise prepare --overwrite`"
+        )
+
+
+# what a checkpoint's weights and data position depend on: a resume must not change these
+_FIXED_ON_RESUME = ("data", "batching", "model")
+
+
+def check_resumable(run: RunDir, cfg: Config) -> None:
+    """Refuse (one line, before anything is written) a --resume whose config changes what the
+    checkpoint was trained with; other settings (budget, learning rate, eval, monitor, ...) may
+    change, and the new config is written once the checkpoint has loaded."""
+    if not run.config_path.is_file():
+        return  # a folder from before config.yaml existed: the checkpoint load decides
+    saved = run.config().model_dump(mode="json")
+    now = cfg.model_dump(mode="json")
+    changed = [
+        f"{key} ({a!r} -> {b!r})"
+        for section in _FIXED_ON_RESUME
+        for key, a, b in _differences(saved[section], now[section], section)
+    ]
+    if changed:
+        more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+        raise UserError(
+            f"{run.config_path}: --resume with a different {changed[0]}{more}; the checkpoint "
+            f"was trained with the run's {'/'.join(_FIXED_ON_RESUME)} settings: resume without "
+            "changing them, or train into another train.out_dir"
+        )
+
+
+def _differences(a: Any, b: Any, key: str) -> list[tuple[str, Any, Any]]:
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [(key, a, b)]
+    found = []
+    for k in sorted(set(a) | set(b)):
+        found += _differences(a.get(k), b.get(k), f"{key}.{k}")
+    return found
 
 
 def _device_type(cfg: Config) -> str:
