@@ -64,9 +64,9 @@ def main() -> int:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        texts = (d.text for d in iter_documents(cfg.data.splits["train"], SourceStats()))
+        docs = iter_documents(cfg.data.splits["train"], SourceStats())
         start = time.perf_counter()
-        meta = write_store(Path(tmp) / "train", texts, tok, {}, progress=False)
+        meta = write_store(Path(tmp) / "train", docs, tok, {}, progress=False)
         secs = time.perf_counter() - start
     rows.append(("prepare (encode + write)", "-", meta["n_tokens"] / secs))
 

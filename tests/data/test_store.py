@@ -128,3 +128,18 @@ def test_bos_and_uint32(tmp_path):
     assert first[0] == meta["tokenizer"]["bos_id"] and first[-1] == meta["tokenizer"]["eos_id"]
     assert len(first) == len(DOCS["a.txt"]) + 2
     assert json.loads((store.path / "meta.json").read_text())["source"]["bos"] is True
+
+
+# shards of 2: a mix within the first shard, within a later one, and between shards either way
+@pytest.mark.parametrize("coupled", [{1}, {3}, {2, 3}, {0, 1}])
+def test_documents_with_and_without_positions_are_refused(tmp_path, coupled):
+    from lengthwise.data.sources import Document
+    from lengthwise.data.store import write_store
+    from lengthwise.data.tokenizer import char_tokenizer
+
+    docs = [Document("1+2=3", f"task:x#{i}", 4) for i in range(4)]
+    for i in coupled:
+        docs[i] = Document("1+2=3", f"task:x#{i}", 4, (1, 0, 1, 0, 1, 0))
+    with pytest.raises(UserError, match="documents with and without position ids mixed"):
+        write_store(tmp_path / "s", iter(docs), char_tokenizer(), {}, shard_docs=2)
+    assert list(tmp_path.iterdir()) == []  # no store, no temporary folder
