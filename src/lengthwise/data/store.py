@@ -51,9 +51,16 @@ from lengthwise.data.tokenizer import (
     train_bpe,
 )
 from lengthwise.errors import UserError
-from lengthwise.io import atomic_dir, atomic_write_text
+from lengthwise.io import atomic_dir, atomic_write_text, check_replaceable, remove_leftovers
 
 FORMAT_VERSION = 1
+
+
+def _read_meta(store_dir: Path) -> dict:
+    path = store_dir / "meta.json"
+    if not path.is_file():
+        raise UserError(f"{store_dir}: not a token store (no meta.json); run `lengthwise prepare`")
+    return json.loads(path.read_text())
 
 
 class TokenStore:
@@ -61,12 +68,7 @@ class TokenStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        meta_path = self.path / "meta.json"
-        if not meta_path.is_file():
-            raise UserError(
-                f"{self.path}: not a token store (no meta.json); run `lengthwise prepare`"
-            )
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = _read_meta(self.path)
         tokens_path = self.path / "tokens.bin"
         dtype = np.dtype(self.meta["dtype"])
         n_tokens = int(self.meta["n_tokens"])
@@ -332,35 +334,71 @@ def resolve_tokenizer(cfg: DataConfig, progress: bool = True) -> tuple[Tokenizer
     return train_bpe(texts, vocab_size=tcfg.vocab_size), True
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.meta.json")  # beside the stores in out_dir
+
+
+def tokenizer_mismatch(store_dir: Path, tokenizer: Tokenizer | Path) -> str | None:
+    """None when `tokenizer` (a Tokenizer, or the path of a tokenizer.json) is the one the
+    store in `store_dir` was built with; else why not, one line naming the store and both
+    hashes. A store's ids mean nothing under another vocabulary: `prepare` refuses to keep
+    such a store, and a trainer should refuse to read one."""
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, Path) else tokenizer
+    built = _read_meta(store_dir)["tokenizer"]["sha256"]
+    if built == tok.fingerprint:
+        return None
+    of = f" of {tokenizer}" if isinstance(tokenizer, Path) else ""
+    return (
+        f"{store_dir}: built with a different tokenizer ({built[:12]} vs {tok.fingerprint[:12]}"
+        f"{of})"
+    )
+
+
 def _existing_store_problem(dest: Path, tok: Tokenizer, fingerprint: str, bos: bool) -> str | None:
-    meta = json.loads((dest / "meta.json").read_text())
+    meta = _read_meta(dest)
     if meta["source"]["fingerprint"] != fingerprint or meta["source"]["bos"] != bos:
         return f"{dest}: inputs changed since it was built; rerun with --overwrite"
-    if meta["tokenizer"]["sha256"] != tok.fingerprint:
-        return (
-            f"{dest}: built with a different tokenizer ({meta['tokenizer']['sha256'][:12]} "
-            f"vs {tok.fingerprint[:12]}); rerun with --overwrite or delete it"
-        )
-    return None
+    mismatch = tokenizer_mismatch(dest, tok)
+    return f"{mismatch}; rerun with --overwrite or delete it" if mismatch else None
+
+
+def _is_store(path: Path) -> bool:
+    return (path / "meta.json").is_file()
+
+
+def _check_before_tokenizer(cfg: DataConfig, overwrite: bool) -> None:
+    """What can be refused before a BPE is trained for nothing."""
+    for split, src in cfg.splits.items():
+        if cfg.tokenizer.kind == "bpe" and src.kind == "task" and src.format == "coupled":
+            raise UserError(
+                f"split '{split}': the 'coupled' format gives a position id per character, "
+                "which needs a character tokenizer (data.tokenizer.kind: char)"
+            )
+        check_replaceable(cfg.out_dir / split, _is_store, "a token store", overwrite)
+
+
+def _remove_leftovers(cfg: DataConfig, progress: bool) -> None:
+    """Remove what a killed `prepare` of this data dir left: `.SPLIT.tmp-*` / `.SPLIT.old-*`
+    store folders and `.tokenizer.json.tmp-*` files (`lengthwise.io`'s names). Only the names
+    this config writes, so nothing of anyone else's in out_dir is touched."""
+    ours = {*cfg.splits, *TOKENIZER_FILES}
+    removed = remove_leftovers(cfg.out_dir, names=ours.__contains__)
+    if removed and progress:
+        print(f"removed {len(removed)} leftover(s) of an interrupted prepare in {cfg.out_dir}")
 
 
 def prepare(cfg: DataConfig, overwrite: bool = False, progress: bool = True) -> dict[str, dict]:
     """Build (or confirm up to date) one store per split. Returns {split: meta}.
 
     Re-running with the same inputs and tokenizer is a no-op. A store built with another
-    tokenizer, or from inputs that changed, is an error unless `overwrite`; all of this is
-    checked before anything is written, so a refused run changes nothing.
+    tokenizer, or from inputs that changed, is an error unless `overwrite`, and so is a
+    non-empty folder at a store's path that is not a store; all of this is checked before
+    anything is written, so a refused run changes nothing. Then the leftovers of an
+    interrupted earlier run are removed.
     """
-    if cfg.tokenizer.kind == "bpe":  # refuse before training a BPE for nothing
-        for split, src in cfg.splits.items():
-            if src.kind == "task" and src.format == "coupled":
-                raise UserError(
-                    f"split '{split}': the 'coupled' format gives a position id per character, "
-                    "which needs a character tokenizer (data.tokenizer.kind: char)"
-                )
+    _check_before_tokenizer(cfg, overwrite)
     tok, tok_is_new = resolve_tokenizer(cfg, progress=progress)
     fingerprints = {split: source_fingerprint(src) for split, src in cfg.splits.items()}
-    existing = {split for split in cfg.splits if (cfg.out_dir / split / "meta.json").is_file()}
+    existing = {split for split in cfg.splits if _is_store(cfg.out_dir / split)}
     if not overwrite:
         for split in existing:
             problem = _existing_store_problem(
@@ -368,11 +406,12 @@ def prepare(cfg: DataConfig, overwrite: bool = False, progress: bool = True) -> 
             )
             if problem:
                 raise UserError(problem)
+    _remove_leftovers(cfg, progress)
     results = {}
     for split, src in cfg.splits.items():
         dest = cfg.out_dir / split
         if split in existing and not overwrite:
-            meta = json.loads((dest / "meta.json").read_text())
+            meta = _read_meta(dest)
             if progress:
                 print(f"{split}: up to date ({meta['n_docs']:,} docs, {meta['n_tokens']:,} tokens)")
             results[split] = meta
