@@ -29,7 +29,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
-    from lengthwise.config import STRATEGIES, load_config
+    from lengthwise.config import STRATEGY_NAMES, load_config
     from lengthwise.data.stats import ModelDims, all_strategy_stats, format_summaries, format_table
     from lengthwise.data.store import TokenStore
 
@@ -39,10 +39,11 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
             f"{args.config}: no split '{args.split}' (splits: {', '.join(cfg.data.splits)})"
         )
     store = TokenStore(cfg.data.out_dir / args.split)
-    strategies = tuple(args.strategies.split(",")) if args.strategies else STRATEGIES
-    unknown = [s for s in strategies if s not in STRATEGIES]
+    strategies = tuple(args.strategies.split(",")) if args.strategies else STRATEGY_NAMES
+    unknown = [s for s in strategies if s not in STRATEGY_NAMES]
     if unknown:
-        raise UserError(f"--strategies: unknown {unknown} (choose from {', '.join(STRATEGIES)})")
+        choices = ", ".join(STRATEGY_NAMES)
+        raise UserError(f"--strategies: unknown {unknown} (choose from {choices})")
     rows = all_strategy_stats(
         store, cfg.batching, strategies, ModelDims(args.n_layer, args.d_model)
     )

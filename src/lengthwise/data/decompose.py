@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from lengthwise.data.base import Strategy
 from lengthwise.data.curriculum import bucket_schedule, rng_for
 from lengthwise.data.plan import StepPlan
+from lengthwise.data.strategy import Strategy
 from lengthwise.errors import UserError
 
 LONG_DOC_RULES = ("repeat", "random")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from lengthwise.config import STRATEGIES, BatchingConfig
+from lengthwise.config import STRATEGY_NAMES, BatchingConfig
 from lengthwise.data.plan import plan_counts
 from lengthwise.data.store import TokenStore
 from lengthwise.data.strategies import build_strategy
@@ -103,7 +103,7 @@ def strategy_stats(
 def all_strategy_stats(
     store: TokenStore,
     base: BatchingConfig,
-    strategies: tuple[str, ...] = STRATEGIES,
+    strategies: tuple[str, ...] = STRATEGY_NAMES,
     model: ModelDims = ModelDims(),
 ) -> list[dict[str, Any]]:
     """Stats for every strategy that can run with `base`'s sizes, with FLOP ratios relative to
