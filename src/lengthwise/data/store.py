@@ -13,8 +13,10 @@ Layout of a store directory (nanoGPT's uint16 .bin, plus document boundaries):
                    tokenizer, so any other tokenizer is refused.
   meta.json        tokenizer hash, counts, source description and fingerprint, sha256 of the files
 
-A store is built in a temporary directory beside its destination and renamed into place, so an
-interrupted `prepare` leaves nothing half-written. Documents are encoded shard by shard
+A store is built in a temporary directory beside its destination and renamed into place
+(`lengthwise.io.atomic_dir`), so an interrupted `prepare` leaves nothing half-written, only a
+`.SPLIT.tmp-*` folder that the next `prepare` of the data dir removes; the store gets the modes
+the umask gives (0755/0644 under 022). Documents are encoded shard by shard
 (`encode_batch` on `encode_batch_docs` documents, parallel in the tokenizer's Rust threads) and
 appended to tokens.bin, so memory stays bounded whatever the corpus size.
 """
