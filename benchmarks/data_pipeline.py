@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lengthwise.config import STRATEGIES, ModelConfig, load_config
+from lengthwise.config import STRATEGY_NAMES, ModelConfig, load_config
 from lengthwise.data.sources import SourceStats, iter_documents
 from lengthwise.data.stats import config_for
 from lengthwise.data.store import TokenStore, prepare, write_store
@@ -64,14 +64,14 @@ def main() -> int:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        texts = (d.text for d in iter_documents(cfg.data.splits["train"], SourceStats()))
+        docs = iter_documents(cfg.data.splits["train"], SourceStats())
         start = time.perf_counter()
-        meta = write_store(Path(tmp) / "train", texts, tok, {}, progress=False)
+        meta = write_store(Path(tmp) / "train", docs, tok, {}, progress=False)
         secs = time.perf_counter() - start
     rows.append(("prepare (encode + write)", "-", meta["n_tokens"] / secs))
 
     pad_id = store.meta["tokenizer"]["pad_id"]
-    for name in STRATEGIES:
+    for name in STRATEGY_NAMES:
         bcfg = config_for(cfg.batching, name)
         if bcfg is None:
             continue

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lengthwise.config import STRATEGIES, BatchingConfig, ModelConfig, load_config
+from lengthwise.config import STRATEGY_NAMES, BatchingConfig, ModelConfig, load_config
 from lengthwise.data.plan import plan_counts
 from lengthwise.data.stats import config_for
 from lengthwise.data.store import TokenStore, prepare
@@ -677,13 +677,13 @@ def main() -> int:
     ap.add_argument("--tokens-per-step", type=int, help="default 8192 (cuda: 65536)")
     ap.add_argument("--repeats", type=int, help="interleaved measurements per strategy")
     ap.add_argument("--steps", type=int, help="timed steps per shape group per measurement")
-    ap.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    ap.add_argument("--strategies", nargs="+", choices=STRATEGY_NAMES, default=list(STRATEGY_NAMES))
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--n-head", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-profile", dest="profile", action="store_false")
-    ap.add_argument("--worker", choices=STRATEGIES, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=STRATEGY_NAMES, help=argparse.SUPPRESS)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     cuda = args.device == "cuda"

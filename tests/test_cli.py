@@ -113,3 +113,64 @@ def test_stats_before_prepare_is_a_clear_error(tmp_path):
     out = run("data-stats", cfg)
     assert out.returncode == 2
     assert "not a token store (no meta.json); run `lengthwise prepare`" in out.stderr
+
+
+def cli(capsys, *args):
+    """The CLI in this process (no interpreter start-up per case): (exit code, stdout, stderr)."""
+    from lengthwise.cli import main
+
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def demo_task(tmp_path_factory):
+    """The shipped configs/demo_task.yaml with 2,000 items in a temporary data dir: problems of
+    at most 28 characters, so decomposition (smallest bucket 32) has nothing to train on."""
+    from lengthwise.cli import main
+
+    tmp = tmp_path_factory.mktemp("demo_task")
+    args = [ROOT / "configs" / "demo_task.yaml", f"data.out_dir={tmp}", "data.splits.train.n=2000"]
+    assert main(["prepare", "--quiet", *map(str, args)]) == 0
+    return args
+
+
+NO_PIECE = (
+    "no document has a piece of >= 32 tokens (batching.min_bucket); "
+    "the longest document has 28 tokens"
+)
+
+
+def test_data_stats_shows_the_strategies_that_apply_and_why_not_the_others(demo_task, capsys):
+    rc, out, _ = cli(capsys, "data-stats", *demo_task)
+    assert rc == 0
+    table = {line.split()[0]: line for line in out.splitlines()[3:7]}
+    assert list(table) == ["pad", "concat_chunk", "concat_chunk_docmask", "best_fit"]
+    assert table["concat_chunk"].endswith("1.000x       1.000x")
+    assert f"decomposition: not applicable: {NO_PIECE}\n" in out
+    rc, out, _ = cli(capsys, "data-stats", *demo_task, "--json")
+    records = json.loads(out)
+    assert rc == 0 and [r["strategy"] for r in records][-1] == "decomposition"
+    assert records[-1] == {"strategy": "decomposition", "not_applicable": NO_PIECE}
+    assert [r["pad_fraction"] > 0.3 for r in records[:4]] == [True, False, False, False]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--strategies", "decomposition"], f"no strategy applies: decomposition: {NO_PIECE}"),
+        (["--n-layer", "0", "--d-model", "0"], "--n-layer: must be >= 1 (a model size for"),
+        (
+            ["--d-model", "-3"],
+            "--d-model: must be >= 1 (a model size for the FLOP estimate), got -3",
+        ),
+        (["--strategies", "pad,packed"], "--strategies: unknown ['packed'] (choose from pad, "),
+    ],
+)
+def test_data_stats_bad_flags_are_one_line_exit_2(demo_task, capsys, flags, message):
+    rc, out, err = cli(capsys, "data-stats", *demo_task, *flags)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("lengthwise: error: "), err
+    assert message in lines[0]
+    assert out == ""

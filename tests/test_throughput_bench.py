@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "throughput.py"
-STRATEGIES = ("concat_chunk", "decomposition")
+BENCHED = ("concat_chunk", "decomposition")
 POSITIVE = ("tokens_per_s", "slots_per_s", "flops_per_s", "step_s", "peak_rss_mb", "loss")
 
 
@@ -29,7 +29,7 @@ def measurements(tmp_path_factory):
     common += ["--d-model", "32", "--n-layer", "1", "--n-head", "2", "--repeats", "2"]
     # The first worker also builds the store; the second then finds it up to date.
     out = {}
-    for name in STRATEGIES:
+    for name in BENCHED:
         proc = subprocess.run(
             [sys.executable, str(SCRIPT), "--worker", name, *common],
             capture_output=True,
@@ -42,7 +42,7 @@ def measurements(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize("name", BENCHED)
 def test_worker_json(measurements, name):
     ms = measurements[name]
     assert [m["repeat"] for m in ms] == [0, 1]

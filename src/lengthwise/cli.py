@@ -29,34 +29,54 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
-    from lengthwise.config import STRATEGIES, load_config
-    from lengthwise.data.stats import ModelDims, all_strategy_stats, format_summaries, format_table
+    from lengthwise.config import STRATEGY_NAMES, load_config
+    from lengthwise.data.stats import (
+        ModelDims,
+        all_strategy_stats,
+        format_not_applicable,
+        format_summaries,
+        format_table,
+        json_records,
+    )
     from lengthwise.data.store import TokenStore
 
+    for flag, value in (("--n-layer", args.n_layer), ("--d-model", args.d_model)):
+        if value < 1:
+            raise UserError(
+                f"{flag}: must be >= 1 (a model size for the FLOP estimate), got {value}"
+            )
+    strategies = tuple(args.strategies.split(",")) if args.strategies else STRATEGY_NAMES
+    unknown = [s for s in strategies if s not in STRATEGY_NAMES]
+    if unknown:
+        choices = ", ".join(STRATEGY_NAMES)
+        raise UserError(f"--strategies: unknown {unknown} (choose from {choices})")
     cfg = load_config(args.config, args.overrides)
     if args.split not in cfg.data.splits:
         raise UserError(
             f"{args.config}: no split '{args.split}' (splits: {', '.join(cfg.data.splits)})"
         )
     store = TokenStore(cfg.data.out_dir / args.split)
-    strategies = tuple(args.strategies.split(",")) if args.strategies else STRATEGIES
-    unknown = [s for s in strategies if s not in STRATEGIES]
-    if unknown:
-        raise UserError(f"--strategies: unknown {unknown} (choose from {', '.join(STRATEGIES)})")
-    rows = all_strategy_stats(
+    rows, not_applicable = all_strategy_stats(
         store, cfg.batching, strategies, ModelDims(args.n_layer, args.d_model)
     )
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        b = cfg.batching
-        print(
-            f"store {store.path}: {store.n_docs:,} docs, {store.n_tokens:,} tokens; "
-            f"{b.tokens_per_step:,} tokens/step, max_len {b.max_len}; "
-            f"FLOPs for {args.n_layer} layers x d_model {args.d_model}, relative to concat_chunk"
+    if not rows:  # nothing to show: the reasons are the answer
+        raise UserError(
+            f"{store.path}: no strategy applies: "
+            + "; ".join(f"{s}: {why}" for s, why in not_applicable.items())
         )
-        print(format_table(rows))
-        print(format_summaries(rows))
+    if args.json:
+        print(json.dumps(json_records(strategies, rows, not_applicable), indent=2))
+        return 0
+    b = cfg.batching
+    print(
+        f"store {store.path}: {store.n_docs:,} docs, {store.n_tokens:,} tokens; "
+        f"{b.tokens_per_step:,} tokens/step, max_len {b.max_len}; "
+        f"FLOPs for {args.n_layer} layers x d_model {args.d_model}, relative to concat_chunk"
+    )
+    print(format_table(rows))
+    if not_applicable:
+        print(format_not_applicable(not_applicable))
+    print(format_summaries(rows))
     return 0
 
 

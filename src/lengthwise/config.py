@@ -102,7 +102,7 @@ class DataConfig(Strict):
 
 CurriculumName = Literal["none", "natural", "grow_p2", "grow_linear", "shrink", "seq_len_warmup"]
 StrategyName = Literal["pad", "concat_chunk", "concat_chunk_docmask", "best_fit", "decomposition"]
-STRATEGIES: tuple[str, ...] = StrategyName.__args__  # type: ignore[attr-defined]
+STRATEGY_NAMES: tuple[str, ...] = StrategyName.__args__  # type: ignore[attr-defined]
 
 
 class CurriculumConfig(Strict):

@@ -3,8 +3,8 @@
 
 import pytest
 
-from lengthwise.config import BatchingConfig, DataConfig
-from lengthwise.data.stats import ModelDims, all_strategy_stats
+from lengthwise.config import STRATEGY_NAMES, BatchingConfig, DataConfig
+from lengthwise.data.stats import ModelDims, all_strategy_stats, format_table, json_records
 from lengthwise.data.store import TokenStore, prepare
 
 MODEL = ModelDims(n_layer=1, d_model=8)
@@ -16,7 +16,7 @@ def _flops(slots_per_step: int, pairs_per_step: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def rows(tmp_path_factory):
+def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stats")
     (tmp / "docs.jsonl").write_text('{"text": "abcdefghijk"}\n' * 6)
     cfg = DataConfig.model_validate(
@@ -29,10 +29,17 @@ def rows(tmp_path_factory):
     prepare(cfg, progress=False)
     store = TokenStore(tmp / "out" / "train")
     assert store.lengths.tolist() == [12] * 6
+    return store
+
+
+@pytest.fixture(scope="module")
+def rows(store):
     batching = BatchingConfig(
         strategy="decomposition", tokens_per_step=32, max_len=16, min_bucket=4
     )
-    return {r["strategy"]: r for r in all_strategy_stats(store, batching, model=MODEL)}
+    rows, not_applicable = all_strategy_stats(store, batching, model=MODEL)
+    assert not_applicable == {}
+    return {r["strategy"]: r for r in rows}
 
 
 def test_concat_chunk(rows):
@@ -90,3 +97,51 @@ def test_decomposition(rows):
     assert s["dropped_tokens_remainder"] == 2 * 8 + 6 * 4
     assert r["attn_flops_ratio"] == pytest.approx(4 * 36 / 272)
     assert r["total_flops_ratio"] == pytest.approx(_flops(32, 144) / _flops(32, 272))
+
+
+NO_STEP = "not one full step of {} tokens in {}; lower batching.tokens_per_step"
+
+
+@pytest.mark.parametrize(
+    "batching, applies, why_not",
+    [
+        (  # the 12-token documents have no 16-token piece
+            {"strategy": "concat_chunk", "tokens_per_step": 32, "max_len": 16, "min_bucket": 16},
+            ["pad", "concat_chunk", "concat_chunk_docmask", "best_fit"],
+            {
+                "decomposition": "no document has a piece of >= 16 tokens "
+                "(batching.min_bucket); the longest document has 12 tokens"
+            },
+        ),
+        (  # sizes that only decomposition refuses
+            {"strategy": "pad", "tokens_per_step": 48, "max_len": 24},
+            ["pad", "concat_chunk", "concat_chunk_docmask", "best_fit"],
+            {"decomposition": "batching: max_len must be a power of two for decomposition, got 24"},
+        ),
+        (  # 129 stream tokens a step from 72, 3 bins of 24 for 4 rows: only pad has a step
+            {"strategy": "pad", "tokens_per_step": 128, "max_len": 32},
+            ["pad"],
+            {
+                "concat_chunk": NO_STEP.format(128, "STORE"),
+                "concat_chunk_docmask": NO_STEP.format(128, "STORE"),
+                "best_fit": NO_STEP.format(128, "STORE"),
+                "decomposition": "no document has a piece of >= 32 tokens "
+                "(batching.min_bucket); the longest document has 12 tokens",
+            },
+        ),
+    ],
+)
+def test_strategies_that_do_not_apply_say_why(store, batching, applies, why_not):
+    rows, not_applicable = all_strategy_stats(store, BatchingConfig(**batching), model=MODEL)
+    assert [r["strategy"] for r in rows] == applies
+    assert not_applicable == {k: v.replace("STORE", str(store.path)) for k, v in why_not.items()}
+    reference = "concat_chunk" in applies  # FLOP ratios need concat_chunk; None without it
+    assert all((r["attn_flops_ratio"] is not None) == reference for r in rows)
+    assert all((r["total_flops_ratio"] is not None) == reference for r in rows)
+    records = json_records(STRATEGY_NAMES, rows, not_applicable)
+    assert [r["strategy"] for r in records] == list(STRATEGY_NAMES)
+    assert {r["strategy"]: r["not_applicable"] for r in records if "not_applicable" in r} == (
+        not_applicable
+    )
+    table = format_table(rows)
+    assert table.count("n/a") == (0 if reference else 2 * len(rows))

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -128,3 +130,121 @@ def test_bos_and_uint32(tmp_path):
     assert first[0] == meta["tokenizer"]["bos_id"] and first[-1] == meta["tokenizer"]["eos_id"]
     assert len(first) == len(DOCS["a.txt"]) + 2
     assert json.loads((store.path / "meta.json").read_text())["source"]["bos"] is True
+
+
+# shards of 2: a mix within the first shard, within a later one, and between shards either way
+@pytest.mark.parametrize("coupled", [{1}, {3}, {2, 3}, {0, 1}])
+def test_documents_with_and_without_positions_are_refused(tmp_path, coupled):
+    from lengthwise.data.sources import Document
+    from lengthwise.data.store import write_store
+    from lengthwise.data.tokenizer import char_tokenizer
+
+    docs = [Document("1+2=3", f"task:x#{i}", 4) for i in range(4)]
+    for i in coupled:
+        docs[i] = Document("1+2=3", f"task:x#{i}", 4, (1, 0, 1, 0, 1, 0))
+    with pytest.raises(UserError, match="documents with and without position ids mixed"):
+        write_store(tmp_path / "s", iter(docs), char_tokenizer(), {}, shard_docs=2)
+    assert list(tmp_path.iterdir()) == []  # no store, no temporary folder
+
+
+def test_prepare_removes_only_its_own_leftovers(tmp_path):
+    cfg = _cfg(tmp_path, kind="char")
+    prepare(cfg, progress=False)
+    out = tmp_path / "out"
+    ours = [  # what killed writers of this data dir leave (lengthwise.io's names)
+        out / ".train.tmp-k1ll3d",
+        out / ".train.old-4242-abcdefgh",
+        out / ".tokenizer.json.tmp-x1y2z3",
+        out / ".tokenizer.meta.json.tmp-q9",
+    ]
+    for p in ours[:2]:
+        p.mkdir()
+        (p / "tokens.bin").write_bytes(b"\0" * 64)
+    for p in ours[2:]:
+        p.write_text("{")
+    (out / ".notes").write_text("mine")
+    (out / "mine.tmp").mkdir()
+    (out / "mine.tmp" / "x").write_text("mine")
+    (out / "train.tmp-1").write_text("mine")  # no leading dot: not a name io.py gives
+    before = sorted(p.name for p in out.iterdir())
+    prepare(cfg, progress=False)  # up to date: nothing rebuilt, leftovers still removed
+    after = sorted(p.name for p in out.iterdir())
+    assert sorted(set(before) - set(after)) == sorted(p.name for p in ours)
+    assert after == [
+        ".notes",
+        "mine.tmp",
+        "tokenizer.json",
+        "tokenizer.meta.json",
+        "train",
+        "train.tmp-1",
+    ]
+    assert (out / "mine.tmp" / "x").read_text() == "mine"
+
+
+def test_a_refused_prepare_removes_nothing(tmp_path):
+    prepare(_cfg(tmp_path, kind="char"), progress=False)
+    (tmp_path / "out" / ".train.tmp-k1ll3d").mkdir()
+    with pytest.raises(UserError, match="built with a different tokenizer"):
+        prepare(_cfg(tmp_path, kind="char", alphabet="abc"), progress=False)
+    assert (tmp_path / "out" / ".train.tmp-k1ll3d").is_dir()
+
+
+@pytest.mark.parametrize(
+    "umask, folder_mode, file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)]
+)
+def test_store_modes_follow_the_umask(tmp_path, umask, folder_mode, file_mode):
+    old = os.umask(umask)
+    try:
+        prepare(_cfg(tmp_path, kind="char", bos=True), progress=False)
+        prepare(_cfg(tmp_path, kind="char", bos=True), overwrite=True, progress=False)  # replace
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    store = out / "train"
+    assert stat.S_IMODE(store.stat().st_mode) == folder_mode
+    files = [*store.iterdir(), out / "tokenizer.json", out / "tokenizer.meta.json"]
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {
+        p.name: file_mode for p in files
+    }
+    assert len(files) == 5  # tokens.bin, doc_offsets.npy, meta.json and the tokenizer's two
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_that_is_not_a_store_is_not_replaced(tmp_path, overwrite):
+    (tmp_path / "out" / "train").mkdir(parents=True)
+    (tmp_path / "out" / "train" / "notes.txt").write_text("mine")
+    cfg = _cfg(tmp_path, kind="char")
+    if overwrite:  # asked for: replaced
+        assert prepare(cfg, overwrite=True, progress=False)["train"]["n_docs"] == 3
+        assert not (tmp_path / "out" / "train" / "notes.txt").exists()
+    else:
+        with pytest.raises(UserError, match="not a token store; choose another path or pass"):
+            prepare(cfg, progress=False)
+        assert (tmp_path / "out" / "train" / "notes.txt").read_text() == "mine"
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["train"]
+
+
+def test_a_file_at_a_store_path_is_refused(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "train").write_text("mine")
+    with pytest.raises(UserError, match="train: exists and is not a folder"):
+        prepare(_cfg(tmp_path, kind="char"), overwrite=True, progress=False)
+    assert (tmp_path / "out" / "train").read_text() == "mine"
+
+
+def test_tokenizer_mismatch(tmp_path):
+    from lengthwise.data.store import tokenizer_mismatch
+    from lengthwise.data.tokenizer import char_tokenizer
+
+    prepare(_cfg(tmp_path, kind="char"), progress=False)
+    store, tok_file = tmp_path / "out" / "train", tmp_path / "out" / "tokenizer.json"
+    assert tokenizer_mismatch(store, tok_file) is None
+    assert tokenizer_mismatch(store, load_tokenizer(tok_file)) is None
+    other = char_tokenizer("abc")
+    other.save(tok_file)  # swapped after prepare
+    problem = tokenizer_mismatch(store, tok_file)
+    assert problem is not None and "\n" not in problem
+    assert problem.startswith(f"{store}: built with a different tokenizer (")
+    assert problem.endswith(f"vs {other.fingerprint[:12]} of {tok_file})")
+    with pytest.raises(UserError, match="not a token store"):
+        tokenizer_mismatch(tmp_path, tok_file)

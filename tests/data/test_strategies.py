@@ -13,7 +13,7 @@ from lengthwise.batch import IGNORE_INDEX
 from lengthwise.config import BatchingConfig
 from lengthwise.data.curriculum import seq_len_at
 from lengthwise.data.plan import plan_counts
-from lengthwise.data.strategies import STRATEGIES, build_strategy, pack_best_fit
+from lengthwise.data.strategies import STRATEGY_CLASSES, build_strategy, pack_best_fit
 
 EOS, PAD = 2, 0
 ALL = ("pad", "concat_chunk", "concat_chunk_docmask", "best_fit", "decomposition")
@@ -330,7 +330,7 @@ def test_best_fit_padding_is_exact_and_rows_are_packed():
 @pytest.mark.parametrize("name", ALL)
 def test_batch_invariants(name):
     s = build(name)
-    assert STRATEGIES[name] is type(s) and s.name == name
+    assert STRATEGY_CLASSES[name] is type(s) and s.name == name
     seen: set[int] = set()
     for epoch in (0, 1):
         for k in range(s.steps_in_epoch(epoch)):

@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from lengthwise.data.base import Strategy
 from lengthwise.data.curriculum import bucket_schedule, rng_for
 from lengthwise.data.plan import StepPlan
+from lengthwise.data.strategy import Strategy
 from lengthwise.errors import UserError
 
 LONG_DOC_RULES = ("repeat", "random")
@@ -194,6 +194,11 @@ class DecompositionStrategy(Strategy):
         self.pieces_per_bucket = np.diff(self._first)
         self.rows_per_bucket = np.array([self.global_rows(int(n)) for n in self.bucket_lens])
         self.batches_per_bucket = self.pieces_per_bucket // self.rows_per_bucket
+        if self.pieces_per_bucket.sum() == 0:
+            raise UserError(
+                f"decomposition: no document has a piece of >= {cfg.min_bucket} tokens "
+                f"(batching.min_bucket); the longest document has {int(self.lengths.max())} tokens"
+            )
         if self.batches_per_bucket.sum() == 0:
             counts = ", ".join(
                 f"{n}: {c}" for n, c in zip(self.bucket_lens, self.pieces_per_bucket, strict=True)

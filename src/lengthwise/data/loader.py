@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from lengthwise.batch import Batch
-from lengthwise.data.base import Strategy
+from lengthwise.data.strategy import Strategy
 from lengthwise.errors import UserError
 
 

@@ -44,6 +44,16 @@ class Document:
     # coupled task items: a position id per character of text, then one for EOS (Item.positions)
     positions: tuple[int, ...] | None = None
 
+    @property
+    def prompt(self) -> str:
+        """The leading characters trained without loss ("" for a plain text)."""
+        return self.text[: self.prompt_chars]
+
+    @property
+    def completion(self) -> str:
+        """The characters trained with loss (the whole text of a plain text)."""
+        return self.text[self.prompt_chars :]
+
 
 @dataclass
 class SourceStats:

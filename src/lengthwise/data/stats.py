@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
-from lengthwise.config import STRATEGIES, BatchingConfig
+from lengthwise.config import STRATEGY_NAMES, BatchingConfig
 from lengthwise.data.plan import plan_counts
 from lengthwise.data.store import TokenStore
 from lengthwise.data.strategies import build_strategy
@@ -44,14 +45,23 @@ def _curriculum_applies(strategy: str, curriculum: str) -> bool:
 def config_for(base: BatchingConfig, strategy: str) -> BatchingConfig | None:
     """`base` with another strategy, its curriculum kept where it applies (else none).
     None when the strategy cannot run with these sizes (decomposition needs powers of two)."""
+    try:
+        return _config_for(base, strategy)
+    except UserError:
+        return None
+
+
+def _config_for(base: BatchingConfig, strategy: str) -> BatchingConfig:
+    """`config_for`, with a one-line UserError saying why the sizes do not fit `strategy`."""
     tree = base.model_dump()
     tree["strategy"] = strategy
     if not _curriculum_applies(strategy, base.curriculum.name):
         tree["curriculum"]["name"] = "none"
     try:
         return BatchingConfig.model_validate(tree)
-    except ValueError:
-        return None
+    except ValidationError as e:
+        reason = e.errors()[0]["msg"].removeprefix("Value error, ")
+        raise UserError(f"{strategy}: batching: {reason}") from None
 
 
 def strategy_stats(
@@ -63,8 +73,8 @@ def strategy_stats(
     steps = strategy.steps_in_epoch(0)
     if steps == 0:
         raise UserError(
-            f"{store.path}: not one full step of {cfg.tokens_per_step} tokens with "
-            f"strategy {cfg.strategy}; lower batching.tokens_per_step"
+            f"{cfg.strategy}: not one full step of {cfg.tokens_per_step} tokens in "
+            f"{store.path}; lower batching.tokens_per_step"
         )
     fields = ("input_tokens", "pad_tokens", "target_tokens", "attn_pairs", "cross_doc_pairs")
     totals = dict.fromkeys(fields, 0)
@@ -103,22 +113,43 @@ def strategy_stats(
 def all_strategy_stats(
     store: TokenStore,
     base: BatchingConfig,
-    strategies: tuple[str, ...] = STRATEGIES,
+    strategies: tuple[str, ...] = STRATEGY_NAMES,
     model: ModelDims = ModelDims(),
-) -> list[dict[str, Any]]:
-    """Stats for every strategy that can run with `base`'s sizes, with FLOP ratios relative to
-    concat_chunk (always computed, as the reference)."""
-    rows = []
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Stats for each of `strategies` that can run on this store with `base`'s sizes, and for
+    each other one why not (one line: sizes that do not fit it, no piece long enough for
+    decomposition's smallest bucket, not one full step). FLOP ratios are relative to
+    concat_chunk, computed as the reference whether asked for or not (None if it cannot run)."""
+    rows: dict[str, dict[str, Any]] = {}
+    not_applicable: dict[str, str] = {}
     for name in dict.fromkeys(("concat_chunk", *strategies)):
-        cfg = config_for(base, name)
-        if cfg is not None:
-            rows.append(strategy_stats(store, cfg, model))
-    ref = rows[0]
-    for r in rows:
-        r["attn_flops_ratio"] = r["attn_flops"] / ref["attn_flops"]
-        r["total_flops_ratio"] = r["total_flops"] / ref["total_flops"]
+        try:
+            rows[name] = strategy_stats(store, _config_for(base, name), model)
+        except UserError as e:
+            not_applicable[name] = str(e).removeprefix(f"{name}: ")
+    ref = rows.get("concat_chunk")
+    for r in rows.values():
+        for key in ("attn_flops", "total_flops"):
+            r[f"{key}_ratio"] = r[key] / ref[key] if ref else None
+    return (
+        [rows[s] for s in strategies if s in rows],
+        {s: not_applicable[s] for s in strategies if s in not_applicable},
+    )
+
+
+def json_records(
+    strategies: tuple[str, ...], rows: list[dict[str, Any]], not_applicable: dict[str, str]
+) -> list[dict[str, Any]]:
+    """One record per strategy asked for, in that order: its stats, or {"strategy": name,
+    "not_applicable": reason}."""
     by_name = {r["strategy"]: r for r in rows}
-    return [by_name[s] for s in strategies if s in by_name]
+    return [
+        by_name.get(s) or {"strategy": s, "not_applicable": not_applicable[s]} for s in strategies
+    ]
+
+
+def format_not_applicable(not_applicable: dict[str, str]) -> str:
+    return "\n".join(f"{name}: not applicable: {why}" for name, why in not_applicable.items())
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -132,9 +163,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{r['strategy']:<22}{r['curriculum']:<16}{r['steps_per_epoch']:>7}"
             f"{r['target_tokens']:>13,}{100 * r['pad_fraction']:>8.2f}"
             f"{100 * r['dropped_fraction']:>10.2f}{r['cross_doc_pairs']:>18,.0f}"
-            f"{r['attn_flops_ratio']:>11.3f}x{r['total_flops_ratio']:>12.3f}x"
+            f"{_ratio(r['attn_flops_ratio']):>12}{_ratio(r['total_flops_ratio']):>13}"
         )
     return "\n".join(lines)
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}x"
 
 
 def _profile(seq_lens: np.ndarray, parts: int = 8) -> list[float]:

@@ -13,8 +13,10 @@ Layout of a store directory (nanoGPT's uint16 .bin, plus document boundaries):
                    tokenizer, so any other tokenizer is refused.
   meta.json        tokenizer hash, counts, source description and fingerprint, sha256 of the files
 
-A store is built in a temporary directory beside its destination and renamed into place, so an
-interrupted `prepare` leaves nothing half-written. Documents are encoded shard by shard
+A store is built in a temporary directory beside its destination and renamed into place
+(`lengthwise.io.atomic_dir`), so an interrupted `prepare` leaves nothing half-written, only a
+`.SPLIT.tmp-*` folder that the next `prepare` of the data dir removes; the store gets the modes
+the umask gives (0755/0644 under 022). Documents are encoded shard by shard
 (`encode_batch` on `encode_batch_docs` documents, parallel in the tokenizer's Rust threads) and
 appended to tokens.bin, so memory stays bounded whatever the corpus size.
 """
@@ -23,20 +25,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import asdict
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
 
 from lengthwise.config import DataConfig, SourceConfig
 from lengthwise.data.sources import (
+    Document,
     SourceStats,
     describe_source,
     iter_documents,
@@ -51,9 +53,16 @@ from lengthwise.data.tokenizer import (
     train_bpe,
 )
 from lengthwise.errors import UserError
-from lengthwise.io import atomic_write_text
+from lengthwise.io import atomic_dir, atomic_write_text, check_replaceable, remove_leftovers
 
 FORMAT_VERSION = 1
+
+
+def _read_meta(store_dir: Path) -> dict:
+    path = store_dir / "meta.json"
+    if not path.is_file():
+        raise UserError(f"{store_dir}: not a token store (no meta.json); run `lengthwise prepare`")
+    return json.loads(path.read_text())
 
 
 class TokenStore:
@@ -61,12 +70,7 @@ class TokenStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        meta_path = self.path / "meta.json"
-        if not meta_path.is_file():
-            raise UserError(
-                f"{self.path}: not a token store (no meta.json); run `lengthwise prepare`"
-            )
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = _read_meta(self.path)
         tokens_path = self.path / "tokens.bin"
         dtype = np.dtype(self.meta["dtype"])
         n_tokens = int(self.meta["n_tokens"])
@@ -118,32 +122,149 @@ def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _batched(it: Iterator, n: int) -> Iterator[list]:
+def _batched(it: Iterator[Document], n: int) -> Iterator[list[Document]]:
     while batch := list(islice(it, n)):
         yield batch
 
 
-Doc = str | tuple[str, str] | tuple[str, str, tuple[int, ...]]
+@dataclass(frozen=True)
+class _Shard:
+    """A shard of documents, encoded: what each file of the store gets appended."""
+
+    ids: list[list[int]]  # per document: BOS (if any), prompt, completion, EOS
+    prompt_lens: list[int]  # per document: leading ids without loss (0 for a plain text)
+    positions: list[int] | None  # coupled task items: a position id per id, back to back
 
 
-def _check_positions(dest: Path, doc: tuple, prompt: list[int], rest: list[int]) -> None:
-    """A coupled document's ids are per character: refuse a tokenizer that does not make one
-    token per character."""
-    p, c, pos = doc
-    if len(pos) != len(p) + len(c) + 1:
-        raise ValueError(f"{len(pos)} position ids for {len(p) + len(c)} characters and EOS")
-    for text, ids in ((p, prompt), (c, rest)):
+def _encode(shard: list[Document], tok: Tokenizer, bos: bool, dest: Path) -> _Shard:
+    """Encode a shard in two `encode_batch` calls. A task item's prompt and completion are
+    encoded separately, so their boundary is a token boundary; a plain text's prompt is "",
+    which encodes to nothing, so its ids are its text's."""
+    prefix = [tok.bos_id] if bos else []
+    prompts = tok.encode_batch([d.prompt for d in shard])
+    completions = tok.encode_batch([d.completion for d in shard])
+    ids = [[*prefix, *p, *c, tok.eos_id] for p, c in zip(prompts, completions, strict=True)]
+    prompt_lens = [
+        len(prefix) + len(p) if d.prompt_chars else 0 for d, p in zip(shard, prompts, strict=True)
+    ]
+    with_positions = [d.positions is not None for d in shard]
+    if not any(with_positions):
+        return _Shard(ids, prompt_lens, None)
+    if not all(with_positions):
+        raise UserError(f"{dest}: documents with and without position ids mixed")
+    positions = [
+        i
+        for d, p, c in zip(shard, prompts, completions, strict=True)
+        for i in _coupled_positions(dest, d, p, c, len(prefix))
+    ]
+    return _Shard(ids, prompt_lens, positions)
+
+
+def _coupled_positions(
+    dest: Path, doc: Document, prompt: list[int], completion: list[int], n_prefix: int
+) -> list[int]:
+    """A coupled document's position ids, with 0 for a BOS. They are per character: refuse a
+    tokenizer that does not make one token per character."""
+    assert doc.positions is not None
+    n = len(doc.text)
+    if len(doc.positions) != n + 1:
+        raise ValueError(f"{len(doc.positions)} position ids for {n} characters and EOS")
+    for text, ids in ((doc.prompt, prompt), (doc.completion, completion)):
         if len(ids) != len(text):
             raise UserError(
                 f"{dest}: the 'coupled' format gives a position id per character, which needs "
                 f"a character tokenizer (data.tokenizer.kind: char); this one makes "
                 f"{len(ids)} tokens of the {len(text)} characters of {text!r}"
             )
+    return [0] * n_prefix + list(doc.positions)
+
+
+class _HashedFile:
+    """A file written front to back whose sha256 is known when it is done, without a reread."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.sha256.update(data)
+
+
+class _StoreWriter:
+    """The files of a store being written in `folder`: tokens.bin and positions.bin grow shard
+    by shard (closed when the `with` block ends); offsets and prompt lengths (8 and 4 bytes per
+    document) wait in memory for `finish`, which writes them and describes the layout."""
+
+    def __init__(self, folder: Path, dtype: np.dtype, dest: Path) -> None:
+        self.folder, self.dtype, self.dest = folder, dtype, dest
+        self._files = ExitStack()
+        self.tokens = self._open("tokens.bin")
+        self.positions: _HashedFile | None = None
+        self.has_positions: bool | None = None  # decided by the first shard
+        self.offsets = [0]
+        self.prompt_lens: list[int] = []
+
+    def _open(self, name: str) -> _HashedFile:
+        return _HashedFile(self._files.enter_context(open(self.folder / name, "wb")))
+
+    def __enter__(self) -> _StoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._files.close()
+
+    def append(self, shard: _Shard) -> None:
+        if self.has_positions is None:
+            self.has_positions = shard.positions is not None
+            if self.has_positions:
+                self.positions = self._open("positions.bin")
+        if (shard.positions is not None) != self.has_positions:
+            raise UserError(f"{self.dest}: documents with and without position ids mixed")
+        flat = np.fromiter((t for ids in shard.ids for t in ids), dtype=self.dtype)
+        self.tokens.write(flat.tobytes())
+        if self.positions is not None:
+            self.positions.write(np.asarray(shard.positions, dtype=np.int32).tobytes())
+        lengths = np.array([len(ids) for ids in shard.ids], dtype=np.int64)
+        self.offsets.extend((self.offsets[-1] + np.cumsum(lengths)).tolist())
+        self.prompt_lens.extend(shard.prompt_lens)
+
+    def finish(self) -> tuple[dict, dict[str, str]]:
+        """After the `with` block: write doc_offsets.npy (and prompt_lens.npy when a document
+        has a prompt); return the layout part of meta.json and the sha256 of every file."""
+        offsets = np.asarray(self.offsets, dtype=np.int64)
+        np.save(self.folder / "doc_offsets.npy", offsets, allow_pickle=False)
+        sha = {
+            "tokens.bin": self.tokens.sha256.hexdigest(),
+            "doc_offsets.npy": _sha256_file(self.folder / "doc_offsets.npy"),
+        }
+        if self.positions is not None:
+            sha["positions.bin"] = self.positions.sha256.hexdigest()
+        has_prompts = any(self.prompt_lens)
+        if has_prompts:
+            path = self.folder / "prompt_lens.npy"
+            np.save(path, np.asarray(self.prompt_lens, np.int32), allow_pickle=False)
+            sha["prompt_lens.npy"] = _sha256_file(path)
+        lengths = np.diff(offsets)
+        layout = {
+            "format_version": FORMAT_VERSION,
+            "dtype": self.dtype.name,
+            "n_docs": len(lengths),
+            "n_tokens": int(offsets[-1]),
+            "has_prompts": has_prompts,
+            "has_positions": bool(self.has_positions),
+            "doc_len": {
+                "min": int(lengths.min()) if len(lengths) else 0,
+                "median": float(np.median(lengths)) if len(lengths) else 0.0,
+                "max": int(lengths.max()) if len(lengths) else 0,
+            },
+        }
+        return layout, sha
 
 
 def write_store(
     dest: Path,
-    docs: Iterator[Doc],
+    docs: Iterable[Document],
     tok: Tokenizer,
     source: dict,
     stats: SourceStats | None = None,
@@ -151,123 +272,36 @@ def write_store(
     shard_docs: int = 1024,
     progress: bool = True,
 ) -> dict:
-    """Encode documents shard by shard into a new store at `dest` (atomic). Returns meta.
+    """Encode documents shard by shard into a new store at `dest`, replacing it atomically
+    (`lengthwise.io.atomic_dir`: built in `.NAME.tmp-*` beside it, so a kill leaves only what
+    `prepare` removes at its next start). Returns meta.
 
-    A document is a text, or a task item (prompt, completion): the two are encoded separately
-    (so the boundary is a token boundary) and the prompt's length is recorded; or a coupled
-    task item (prompt, completion, positions), whose ids go to positions.bin. `stats` is
-    filled by the document iterator while it is consumed; its final counts go into meta.json."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
-    dtype = np.dtype(token_dtype(tok.vocab_size))
-    offsets = [0]
-    prompt_lens: list[int] = []
-    digest, pos_digest = hashlib.sha256(), hashlib.sha256()
-    has_positions: bool | None = None  # decided by the first document
+    A plain text is encoded whole; a task item's prompt length is recorded (prompt_lens.npy),
+    and a coupled task item's position ids go to positions.bin. `stats` is filled by the
+    document iterator while it is consumed; its final counts go into meta.json."""
     start = time.perf_counter()
     # disable=None: no bar when stderr is not a terminal (logs, CI), so errors stay one line.
     bar = tqdm(
         desc=f"prepare {dest.name}", unit=" docs", disable=None if progress else True, leave=False
     )
-    try:
-        with open(tmp / "tokens.bin", "wb") as out, open(tmp / "positions.bin", "wb") as pos_out:
-            for shard in _batched(docs, shard_docs):
-                prefix = [tok.bos_id] if bos else []
-                if has_positions is None:
-                    has_positions = isinstance(shard[0], tuple) and len(shard[0]) == 3
-                if any((isinstance(d, tuple) and len(d) == 3) != has_positions for d in shard):
-                    raise UserError(f"{dest}: documents with and without position ids mixed")
-                if isinstance(shard[0], tuple):
-                    prompts = tok.encode_batch([d[0] for d in shard])
-                    rest = tok.encode_batch([d[1] for d in shard])
-                    encoded = [p + c for p, c in zip(prompts, rest, strict=True)]
-                    prompt_lens.extend(len(prefix) + len(p) for p in prompts)
-                    if has_positions:
-                        for d, p, c in zip(shard, prompts, rest, strict=True):
-                            _check_positions(dest, d, p, c)
-                        ids = np.fromiter(
-                            (i for d in shard for i in (*[0] * len(prefix), *d[2])),
-                            dtype=np.int32,
-                        ).tobytes()
-                        pos_out.write(ids)
-                        pos_digest.update(ids)
-                else:
-                    encoded = tok.encode_batch(shard)
-                    prompt_lens.extend([0] * len(shard))
-                flat = np.fromiter(
-                    (t for ids in encoded for t in (*prefix, *ids, tok.eos_id)),
-                    dtype=dtype,
-                )
-                lens = np.array([len(prefix) + len(ids) + 1 for ids in encoded], dtype=np.int64)
-                offsets.extend((offsets[-1] + np.cumsum(lens)).tolist())
-                data = flat.tobytes()
-                out.write(data)
-                digest.update(data)
+    with bar, atomic_dir(dest) as tmp:
+        with _StoreWriter(tmp, np.dtype(token_dtype(tok.vocab_size)), dest) as writer:
+            for shard in _batched(iter(docs), shard_docs):
+                writer.append(_encode(shard, tok, bos, dest))
                 bar.update(len(shard))
                 secs = max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix_str(f"{offsets[-1] / secs:,.0f} tok/s")
+                bar.set_postfix_str(f"{writer.offsets[-1] / secs:,.0f} tok/s")
         bar.close()
-        offsets_arr = np.asarray(offsets, dtype=np.int64)
-        np.save(tmp / "doc_offsets.npy", offsets_arr, allow_pickle=False)
-        sha = {
-            "tokens.bin": digest.hexdigest(),
-            "doc_offsets.npy": _sha256_file(tmp / "doc_offsets.npy"),
-        }
-        if has_positions:
-            sha["positions.bin"] = pos_digest.hexdigest()
-        else:
-            (tmp / "positions.bin").unlink()
-        has_prompts = any(prompt_lens)
-        if has_prompts:
-            np.save(tmp / "prompt_lens.npy", np.asarray(prompt_lens, np.int32), allow_pickle=False)
-            sha["prompt_lens.npy"] = _sha256_file(tmp / "prompt_lens.npy")
-        lengths = np.diff(offsets_arr)
+        layout, sha = writer.finish()
         meta = {
-            "format_version": FORMAT_VERSION,
-            "dtype": dtype.name,
-            "n_docs": len(lengths),
-            "n_tokens": int(offsets_arr[-1]),
-            "has_prompts": has_prompts,
-            "has_positions": bool(has_positions),
-            "doc_len": {
-                "min": int(lengths.min()) if len(lengths) else 0,
-                "median": float(np.median(lengths)) if len(lengths) else 0.0,
-                "max": int(lengths.max()) if len(lengths) else 0,
-            },
+            **layout,
             "tokenizer": describe(tok),
             "source": {**source, "bos": bos, "counts": asdict(stats) if stats else None},
             "seconds": round(time.perf_counter() - start, 3),
             "sha256": sha,
         }
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
-        if dest.exists():
-            trash = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
-            os.replace(dest, trash / dest.name)
-            os.replace(tmp, dest)
-            shutil.rmtree(trash)
-        else:
-            os.replace(tmp, dest)
-        return meta
-    except BaseException:
-        bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _texts(src: SourceConfig, stats: SourceStats) -> Iterator[Doc]:
-    """Documents as write_store takes them: texts, (prompt, completion) for task items, and
-    (prompt, completion, positions) for coupled task items."""
-    for d in iter_documents(src, stats):
-        if d.positions is not None:
-            yield d.text[: d.prompt_chars], d.text[d.prompt_chars :], d.positions
-        elif d.prompt_chars:
-            yield d.text[: d.prompt_chars], d.text[d.prompt_chars :]
-        else:
-            yield d.text
-
-
-def _joined(docs: Iterator[Doc]) -> Iterator[str]:
-    return (d if isinstance(d, str) else d[0] + d[1] for d in docs)
+    return meta
 
 
 def _bpe_recipe(cfg: DataConfig) -> tuple[SourceConfig, dict]:
@@ -298,39 +332,75 @@ def resolve_tokenizer(cfg: DataConfig, progress: bool = True) -> tuple[Tokenizer
         return load_tokenizer(path), False
     if progress:
         print(f"training a byte-level BPE (vocab {tcfg.vocab_size}) on split '{tcfg.train_split}'")
-    texts = _joined(_texts(train_src, SourceStats()))
+    texts = (d.text for d in iter_documents(train_src, SourceStats()))
     return train_bpe(texts, vocab_size=tcfg.vocab_size), True
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.meta.json")  # beside the stores in out_dir
+
+
+def tokenizer_mismatch(store_dir: Path, tokenizer: Tokenizer | Path) -> str | None:
+    """None when `tokenizer` (a Tokenizer, or the path of a tokenizer.json) is the one the
+    store in `store_dir` was built with; else why not, one line naming the store and both
+    hashes. A store's ids mean nothing under another vocabulary: `prepare` refuses to keep
+    such a store, and a trainer should refuse to read one."""
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, Path) else tokenizer
+    built = _read_meta(store_dir)["tokenizer"]["sha256"]
+    if built == tok.fingerprint:
+        return None
+    of = f" of {tokenizer}" if isinstance(tokenizer, Path) else ""
+    return (
+        f"{store_dir}: built with a different tokenizer ({built[:12]} vs {tok.fingerprint[:12]}"
+        f"{of})"
+    )
+
+
 def _existing_store_problem(dest: Path, tok: Tokenizer, fingerprint: str, bos: bool) -> str | None:
-    meta = json.loads((dest / "meta.json").read_text())
+    meta = _read_meta(dest)
     if meta["source"]["fingerprint"] != fingerprint or meta["source"]["bos"] != bos:
         return f"{dest}: inputs changed since it was built; rerun with --overwrite"
-    if meta["tokenizer"]["sha256"] != tok.fingerprint:
-        return (
-            f"{dest}: built with a different tokenizer ({meta['tokenizer']['sha256'][:12]} "
-            f"vs {tok.fingerprint[:12]}); rerun with --overwrite or delete it"
-        )
-    return None
+    mismatch = tokenizer_mismatch(dest, tok)
+    return f"{mismatch}; rerun with --overwrite or delete it" if mismatch else None
+
+
+def _is_store(path: Path) -> bool:
+    return (path / "meta.json").is_file()
+
+
+def _check_before_tokenizer(cfg: DataConfig, overwrite: bool) -> None:
+    """What can be refused before a BPE is trained for nothing."""
+    for split, src in cfg.splits.items():
+        if cfg.tokenizer.kind == "bpe" and src.kind == "task" and src.format == "coupled":
+            raise UserError(
+                f"split '{split}': the 'coupled' format gives a position id per character, "
+                "which needs a character tokenizer (data.tokenizer.kind: char)"
+            )
+        check_replaceable(cfg.out_dir / split, _is_store, "a token store", overwrite)
+
+
+def _remove_leftovers(cfg: DataConfig, progress: bool) -> None:
+    """Remove what a killed `prepare` of this data dir left: `.SPLIT.tmp-*` / `.SPLIT.old-*`
+    store folders and `.tokenizer.json.tmp-*` files (`lengthwise.io`'s names). Only the names
+    this config writes, so nothing of anyone else's in out_dir is touched."""
+    ours = {*cfg.splits, *TOKENIZER_FILES}
+    removed = remove_leftovers(cfg.out_dir, names=ours.__contains__)
+    if removed and progress:
+        print(f"removed {len(removed)} leftover(s) of an interrupted prepare in {cfg.out_dir}")
 
 
 def prepare(cfg: DataConfig, overwrite: bool = False, progress: bool = True) -> dict[str, dict]:
     """Build (or confirm up to date) one store per split. Returns {split: meta}.
 
     Re-running with the same inputs and tokenizer is a no-op. A store built with another
-    tokenizer, or from inputs that changed, is an error unless `overwrite`; all of this is
-    checked before anything is written, so a refused run changes nothing.
+    tokenizer, or from inputs that changed, is an error unless `overwrite`, and so is a
+    non-empty folder at a store's path that is not a store; all of this is checked before
+    anything is written, so a refused run changes nothing. Then the leftovers of an
+    interrupted earlier run are removed.
     """
-    if cfg.tokenizer.kind == "bpe":  # refuse before training a BPE for nothing
-        for split, src in cfg.splits.items():
-            if src.kind == "task" and src.format == "coupled":
-                raise UserError(
-                    f"split '{split}': the 'coupled' format gives a position id per character, "
-                    "which needs a character tokenizer (data.tokenizer.kind: char)"
-                )
+    _check_before_tokenizer(cfg, overwrite)
     tok, tok_is_new = resolve_tokenizer(cfg, progress=progress)
     fingerprints = {split: source_fingerprint(src) for split, src in cfg.splits.items()}
-    existing = {split for split in cfg.splits if (cfg.out_dir / split / "meta.json").is_file()}
+    existing = {split for split in cfg.splits if _is_store(cfg.out_dir / split)}
     if not overwrite:
         for split in existing:
             problem = _existing_store_problem(
@@ -338,11 +408,12 @@ def prepare(cfg: DataConfig, overwrite: bool = False, progress: bool = True) -> 
             )
             if problem:
                 raise UserError(problem)
+    _remove_leftovers(cfg, progress)
     results = {}
     for split, src in cfg.splits.items():
         dest = cfg.out_dir / split
         if split in existing and not overwrite:
-            meta = json.loads((dest / "meta.json").read_text())
+            meta = _read_meta(dest)
             if progress:
                 print(f"{split}: up to date ({meta['n_docs']:,} docs, {meta['n_tokens']:,} tokens)")
             results[split] = meta
@@ -350,7 +421,7 @@ def prepare(cfg: DataConfig, overwrite: bool = False, progress: bool = True) -> 
         stats = SourceStats()
         meta = write_store(
             dest,
-            _texts(src, stats),
+            iter_documents(src, stats),
             tok,
             {**describe_source(src), "fingerprint": fingerprints[split]},
             stats=stats,

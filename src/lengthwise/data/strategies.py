@@ -22,10 +22,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from lengthwise.config import BatchingConfig
-from lengthwise.data.base import Strategy
 from lengthwise.data.curriculum import seq_len_at
 from lengthwise.data.decompose import DecompositionStrategy
 from lengthwise.data.plan import StepPlan
+from lengthwise.data.strategy import Strategy
 
 _EPOCHS_CACHED = 2  # the epoch being trained and the one a stats pass or prefetch may look at
 _V = TypeVar("_V")
@@ -420,7 +420,7 @@ class BestFitStrategy(Strategy):
 
 # --------------------------------------------------------------------------------- registry
 
-STRATEGIES: dict[str, type[Strategy]] = {
+STRATEGY_CLASSES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (
         PadStrategy,
@@ -444,7 +444,7 @@ def build_strategy(
 ) -> Strategy:
     """The strategy `cfg.strategy` names, over one token store, for one rank. `prompt_lens`
     and `positions`: the store's (TokenStore.prompt_lens, TokenStore.positions)."""
-    return STRATEGIES[cfg.strategy](
+    return STRATEGY_CLASSES[cfg.strategy](
         tokens,
         offsets,
         cfg,

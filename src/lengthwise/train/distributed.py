@@ -2,7 +2,7 @@
 
 Without torchrun (no RANK in the environment) everything here is a no-op and the same training
 code runs in one process. With it, every rank reads its own rows of the same global batch (see
-lengthwise.data.base) and gradients are averaged by DDP or FSDP2's reduce-scatter.
+lengthwise.data.strategy) and gradients are averaged by DDP or FSDP2's reduce-scatter.
 """
 
 from __future__ import annotations
