@@ -314,62 +314,70 @@ def headline(runs: Sequence[Run], files: FigureFiles) -> Section | None:
 # ---------------------------------------------------------------------- 3-4. curves
 
 
-def _store_caption(store: str | None, n_groups: int) -> str:
-    if n_groups == 1:
-        return ""
-    where = f"the token store `{store}`" if store else "its own (store unknown: no config.yaml)"
-    return f"Runs on {where}; runs on other stores are drawn apart, their tokens differ. "
+APART = (
+    " Runs that read different token stores are drawn in separate figures: their tokens are "
+    "different tokens, and a task run (millions of tokens at loss ~0) would squeeze the others "
+    "into a corner of shared axes."
+)
+
+
+def _training_figures(
+    runs: Sequence[Run],
+    files: FigureFiles,
+    sec: Section,
+    key: str,
+    name: str,
+    plot: Callable[..., Path],
+    explain: str,
+) -> Section:
+    """One figure of `plot` per token store over the train records of the runs that log `key`;
+    `explain` is the caption of a single figure, or the section's intro when there are several
+    (each figure's caption then names its store and runs)."""
+    groups = [
+        (store, {r.label: r.train for r in group if any(key in t for t in r.train)})
+        for store, group in group_by_store(runs)
+    ]
+    groups = [(store, train) for store, train in groups if train]
+    if len(groups) == 1:
+        sec.parts.append(Figure(files.draw(name, partial(plot, groups[0][1])), explain))
+        return sec
+    sec.intro = explain + APART
+    for store, train in groups:
+        where = f"the token store `{store}`" if store else "an unknown token store (no config.yaml)"
+        p = files.draw(
+            f"{name}_{_store_name(store)}",
+            partial(plot, train, title=f"token store: {_store_name(store)}"),
+        )
+        sec.parts.append(Figure(p, f"Runs on {where}: {', '.join(train)}."))
+    return sec
 
 
 def training_loss(runs: Sequence[Run], files: FigureFiles) -> Section:
-    sec = Section("loss", "Training loss")
-    groups = [
-        (store, {r.label: r.train for r in group if any("loss" in t for t in r.train)})
-        for store, group in group_by_store(runs)
-    ]
-    groups = [(store, train) for store, train in groups if train]
-    for store, train in groups:
-        title = f"token store: {_store_name(store)}" if len(groups) > 1 else ""
-        p = files.draw(
-            f"train_loss_{_store_name(store)}" if len(groups) > 1 else "train_loss",
-            partial(figures.plot_loss_curves, train, title=title),
-        )
-        sec.parts.append(
-            Figure(
-                p,
-                _store_caption(store, len(groups))
-                + "Training loss against tokens (comparable across strategies that read the same "
-                "token store) and against wall time (what a strategy costs); the lower curve at "
-                "equal tokens learns more per token, the lower curve at equal time learns more "
-                "per second.",
-            )
-        )
-    return sec
+    return _training_figures(
+        runs,
+        files,
+        Section("loss", "Training loss"),
+        "loss",
+        "train_loss",
+        figures.plot_loss_curves,
+        "Training loss against tokens (comparable across strategies that read the same token "
+        "store) and against wall time (what a strategy costs); the lower curve at equal tokens "
+        "learns more per token, the lower curve at equal time learns more per second.",
+    )
 
 
 def throughput(runs: Sequence[Run], files: FigureFiles) -> Section:
-    sec = Section("throughput", "Throughput")
-    groups = [
-        (store, {r.label: r.train for r in group if any("tokens_per_s" in t for t in r.train)})
-        for store, group in group_by_store(runs)
-    ]
-    groups = [(store, train) for store, train in groups if train]
-    for store, train in groups:
-        title = f"token store: {_store_name(store)}" if len(groups) > 1 else ""
-        p = files.draw(
-            f"throughput_{_store_name(store)}" if len(groups) > 1 else "throughput",
-            partial(figures.plot_throughput, train, title=title),
-        )
-        sec.parts.append(
-            Figure(
-                p,
-                _store_caption(store, len(groups))
-                + "Tokens per second over training, with each run's median dotted: look for the "
-                "strategy that keeps its throughput high (padding and long sequences cost time) "
-                "and for dips caused by evaluation or checkpointing.",
-            )
-        )
-    return sec
+    return _training_figures(
+        runs,
+        files,
+        Section("throughput", "Throughput"),
+        "tokens_per_s",
+        "throughput",
+        figures.plot_throughput,
+        "Tokens per second over training, with each run's median dotted: look for the strategy "
+        "that keeps its throughput high (padding and long sequences cost time) and for dips "
+        "caused by evaluation or checkpointing.",
+    )
 
 
 # ---------------------------------------------------------------------- 5. accounting
@@ -459,7 +467,7 @@ def seq_len_schedule(runs: Sequence[Run], files: FigureFiles) -> Section | None:
         parts=[
             Figure(
                 p,
-                "The sequence length of every optimizer step (log2 axis): constant for "
+                "The sequence length of each optimizer step (log2 axis): constant for "
                 "chunking, the longest document of the batch for padding, and for Dataset "
                 "Decomposition the bucket chosen by the curriculum (Grow-P2 shows as repeated "
                 "short-to-long ramps)." + note,
