@@ -135,7 +135,7 @@ def test_save_figure_applies_the_umask_and_leaves_no_temporary_file(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o640  # what open() gives under umask 027
-    assert not plt.get_fignums()  # closed
+    assert not plt.fignum_exists(fig.number)  # closed
     check_png(out, out.parent)
 
 
