@@ -152,7 +152,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from lengthwise.report import build_report
 
-    out = build_report(args.run_dirs, args.out, title=args.title)
+    out = build_report(args.run_dirs, args.out, title=args.title, overwrite=args.overwrite)
     print(f"written: {out} (PNG figures in {out.with_name(out.stem + '_files')})")
     return 0
 
@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="train.out_dir(s)")
     p.add_argument("-o", "--out", type=Path, default=Path("report.html"), help="HTML file")
     p.add_argument("--title", default="lengthwise report")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace -o even if it is not a lengthwise report"
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("experiment", help="run a packaged experiment (E1-E5) end to end")

@@ -1,5 +1,12 @@
+import ast
+import math
+import os
+import stat
+from pathlib import Path
+
 import matplotlib
 import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -117,3 +124,54 @@ def test_overwrites_atomically(tmp_path):
     path.write_bytes(b"old")
     plots.plot_length_accuracy([{"task": "a", "multiple": 1, "acc": 0.5}], path)
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_save_figure_applies_the_umask_and_leaves_no_temporary_file(tmp_path):
+    old = os.umask(0o027)
+    try:
+        fig, ax = plt.subplots()
+        ax.plot([1, 2], [3, 4])
+        out = plots.save_figure(fig, tmp_path / "sub" / "f.png")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640  # what open() gives under umask 027
+    assert not plt.fignum_exists(fig.number)  # closed
+    check_png(out, out.parent)
+
+
+def test_labels_are_text_never_mathtext(tmp_path):
+    """A run folder named `p$^$q` or `run$x$_1` is a label: typeset as is, never parsed as TeX
+    (`p$^$q` raised a mathtext ValueError at savefig)."""
+    rows = [{"task": name, "multiple": 1, "acc": 0.5} for name in ("p$^$q", "run$x$_1", "a$b")]
+    out = plots.plot_length_accuracy(rows, tmp_path / "dollars.png")
+    check_png(out, tmp_path)
+    fig, ax = plt.subplots()
+    assert not ax.set_title("run$x$_1").get_parse_math()
+    plt.close(fig)
+
+
+def test_helpers_are_public():
+    assert plots.as_float("2.5") == 2.5 and math.isnan(plots.as_float(None))
+    assert math.isnan(plots.as_float("x"))
+    fig, ax = plt.subplots()
+    plots.empty_note(ax, "no rows")
+    assert [t.get_text() for t in ax.texts] == ["no rows"]
+    plt.close(fig)
+
+
+def test_no_module_reaches_into_private_plot_helpers():
+    """report/ and experiments/ use the public names (save_figure, as_float, empty_note, plt)."""
+    src = Path(plots.__file__).parents[1]
+    bad = []
+    for path in src.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "lengthwise.eval.plots":
+                bad += [f"{path.name}: {a.name}" for a in node.names if a.name.startswith("_")]
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "plots"
+                and node.attr.startswith("_")
+            ):
+                bad.append(f"{path.name}: plots.{node.attr}")
+    assert bad == []

@@ -176,8 +176,10 @@ def report(runs, tmp_path_factory):
 def test_one_self_contained_page_of_real_pngs(report):
     text, page = _parse(report)
     assert sorted(p.name for p in report.parent.iterdir()) == ["cmp.html", "cmp_files"]
-    pngs = sorted((report.parent / "cmp_files").iterdir())
-    assert len(page.imgs) == len(pngs) >= 7 and all(p.suffix == ".png" for p in pngs)
+    files = sorted(p.name for p in (report.parent / "cmp_files").iterdir())
+    pngs = sorted((report.parent / "cmp_files").glob("*.png"))
+    assert files == sorted([*(p.name for p in pngs), "lengthwise-report.json"])
+    assert len(page.imgs) == len(pngs) >= 7
     prefix = "data:image/png;base64,"
     embedded = set()
     for src in page.imgs:
@@ -241,7 +243,7 @@ def test_sections_follow_the_files_each_run_has(runs, report, tmp_path):
     table = {row[0]: row[1:] for row in page.table}
     assert table["final val/loss"] == [f"{last_eval['val/loss']:.4f}"]
     # written again under the same name: old figures are replaced, nothing temporary is left
-    assert len(list((tmp_path / "b_files").iterdir())) == len(page.imgs)
+    assert len(list((tmp_path / "b_files").glob("*.png"))) == len(page.imgs)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -302,7 +304,7 @@ def test_throughput_axis_goes_log_when_runs_differ_tenfold(tmp_path, monkeypatch
         scales.append(fig.axes[0].get_yscale())
         return Path(path)
 
-    monkeypatch.setattr(figures, "_save", keep_scale)
+    monkeypatch.setattr(figures, "save_figure", keep_scale)
 
     def recs(rate):
         return [{"tokens": 100 * i, "tokens_per_s": rate * (1 + i % 3 / 10)} for i in range(20)]

@@ -1,12 +1,14 @@
-"""PNG plots for the evaluation suites and the training monitor.
+"""PNG plots for the evaluation suites and the training monitor, and the plotting setup that
+every lengthwise figure shares (the report's and the experiments' too).
 
 Every writer renders with matplotlib's Agg backend (headless; selected here before pyplot is
-imported), writes to a temporary file next to ``path`` and moves it into place with
-``os.replace``, so a reader never sees a half-written PNG; each returns the final path.
+imported) and writes its PNG through :func:`save_figure` (atomically, with the umask applied, by
+:mod:`lengthwise.io`), so a reader never sees a half-written PNG; each returns the final path.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,24 +23,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from lengthwise.io import atomic_write_bytes  # noqa: E402
+
+# Labels and titles are data (run folder names, set names, config values), never TeX: with math
+# parsing on, a run folder named `run$x$_1` is typeset and `a$b` is a ParseException at savefig.
+plt.rcParams["text.parse_math"] = False
+
 DPI = 120
 _SIZE = (7.5, 4.5)
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as a PNG to ``path`` (atomically) and close it; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, path)
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
-def _num(x: Any) -> float:
+def as_float(x: Any) -> float:
     """A float, NaN for None/non-numbers (so gaps show as breaks in lines)."""
     try:
         v = float(x)
@@ -47,7 +54,8 @@ def _num(x: Any) -> float:
     return v
 
 
-def _empty_note(ax: Any, text: str) -> None:
+def empty_note(ax: Any, text: str) -> None:
+    """Grey text in the middle of an axes that has nothing to show (and says why)."""
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
@@ -64,7 +72,7 @@ def plot_length_accuracy(rows: Iterable[Mapping[str, Any]], path: str | os.PathL
         if r.get("model") is not None:
             label = f"{r['model']} / {label}"
         acc = r.get("acc", r.get("accuracy"))
-        lines.setdefault(label, []).append((_num(r["multiple"]), _num(acc)))
+        lines.setdefault(label, []).append((as_float(r["multiple"]), as_float(acc)))
     fig, ax = plt.subplots(figsize=_SIZE)
     mults = sorted({m for pts in lines.values() for m, _ in pts if m > 0})
     for label, pts in sorted(lines.items()):
@@ -77,7 +85,7 @@ def plot_length_accuracy(rows: Iterable[Mapping[str, Any]], path: str | os.PathL
         ax.axvline(1.0, color="0.5", ls=":", lw=1, label="training length")
         ax.margins(x=0.06)
     else:
-        _empty_note(ax, "no rows")
+        empty_note(ax, "no rows")
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("sequence length (multiple of the longest training length)")
     ax.set_ylabel("exact-match accuracy")
@@ -85,7 +93,7 @@ def plot_length_accuracy(rows: Iterable[Mapping[str, Any]], path: str | os.PathL
     ax.grid(alpha=0.3)
     if lines:
         ax.legend(fontsize="small", loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _bucket_mean(y: np.ndarray, n_buckets: int, log: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +129,7 @@ def plot_position_loss(
     fig, ax = plt.subplots(figsize=_SIZE)
     drawn = False
     for name, curve in per_position.items():
-        y = np.asarray([_num(v) for v in curve], dtype=np.float64)
+        y = np.asarray([as_float(v) for v in curve], dtype=np.float64)
         if not np.isfinite(y).any():
             continue
         (line,) = ax.plot(*_bucket_mean(y, n_buckets, log_x), lw=1.8, label=name)
@@ -131,13 +139,13 @@ def plot_position_loss(
     if log_x:
         ax.set_xscale("log")
     if not drawn:
-        _empty_note(ax, "no finite losses")
+        empty_note(ax, "no finite losses")
     ax.set_xlabel("token position" + (" (log scale)" if log_x else ""))
     ax.set_ylabel("loss (nats / token)")
     ax.set_title("Per-position loss beyond the training length")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small", loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- valley
@@ -152,29 +160,35 @@ def plot_valley(table: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     if levels:
         ax.bar(
             x,
-            [_num(lv["abs_gap"]) for lv in levels],
+            [as_float(lv["abs_gap"]) for lv in levels],
             width=0.5,
             color="0.8",
             label="gap (ID - OOD)",
         )
-        ax.plot(x, [_num(lv["id_acc"]) for lv in levels], "o-", color="tab:blue", label="ID acc")
         ax.plot(
-            x, [_num(lv["ood_acc"]) for lv in levels], "s-", color="tab:orange", label="OOD acc"
+            x, [as_float(lv["id_acc"]) for lv in levels], "o-", color="tab:blue", label="ID acc"
         )
         ax.plot(
-            x, [_num(lv["rel_gap"]) for lv in levels], "^--", color="tab:red", label="relative gap"
+            x, [as_float(lv["ood_acc"]) for lv in levels], "s-", color="tab:orange", label="OOD acc"
+        )
+        ax.plot(
+            x,
+            [as_float(lv["rel_gap"]) for lv in levels],
+            "^--",
+            color="tab:red",
+            label="relative gap",
         )
         ax.set_xticks(x)
         ax.set_xticklabels([f"{lv['complexity']}\n(L{lv['level']})" for lv in levels])
     else:
-        _empty_note(ax, "no levels")
+        empty_note(ax, "no levels")
     crit = table.get("critical")
     if crit is not None:
         i = next(i for i, lv in enumerate(levels) if lv["level"] == crit["level"])
         ax.axvspan(i - 0.4, i + 0.4, color="tab:red", alpha=0.08)
         by = crit.get("by", table.get("critical_by", "rel_gap"))
         ax.annotate(
-            f"critical: {crit['complexity']}\n{by} = {_num(crit[by]):.3f}",
+            f"critical: {crit['complexity']}\n{by} = {as_float(crit[by]):.3f}",
             xy=(i, 1.0),
             xytext=(0, -4),
             textcoords="offset points",
@@ -190,7 +204,7 @@ def plot_valley(table: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     ax.grid(alpha=0.3, axis="y")
     if levels:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- memorization
@@ -224,7 +238,7 @@ def plot_memorization(
         jitter = np.random.default_rng(0).uniform(-0.04, 0.04, len(y)) if binary else 0.0
         ax.scatter(x + 1.0, y + jitter, s=8, alpha=0.3, color="tab:blue", lw=0, label="items")
     else:
-        _empty_note(ax, "no items")
+        empty_note(ax, "no items")
     bins = report.get("bins") or []
     if bins:
         bx = [b["freq_median"] + 1.0 for b in bins]
@@ -252,7 +266,7 @@ def plot_memorization(
     ax.grid(alpha=0.3, which="both")
     if len(x) or bins:
         ax.legend(fontsize="small", loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- training history
@@ -288,23 +302,23 @@ def plot_metric_history(
     fig, axes = plt.subplots(n, 1, figsize=(_SIZE[0], 1.2 + 2.3 * n), sharex=True, squeeze=False)
     for ax, metric in zip(axes[:, 0], metrics or ["(no metrics)"], strict=True):
         pts = sorted(
-            (_num(r[xk]), _num(r[metric]))
+            (as_float(r[xk]), as_float(r[metric]))
             for r in records
-            if metric in r and xk in r and math.isfinite(_num(r[metric]))
+            if metric in r and xk in r and math.isfinite(as_float(r[metric]))
         )
         xs = np.asarray([p[0] for p in pts])
         ys = np.asarray([p[1] for p in pts])
         if len(pts):
             ax.plot(xs, ys, marker="." if len(pts) < 60 else None, lw=1.5, label=metric)
         else:
-            _empty_note(ax, f"no values for {metric}")
+            empty_note(ax, f"no values for {metric}")
         mine = [a for a in alerts if a.get("metric") in (None, metric) and xk in a]
         if mine:
-            ax_x = [_num(a[xk]) for a in mine]
+            ax_x = [as_float(a[xk]) for a in mine]
             ay = [
-                _num(a["value"])
+                as_float(a["value"])
                 if a.get("value") is not None
-                else (float(np.interp(_num(a[xk]), xs, ys)) if len(xs) else math.nan)
+                else (float(np.interp(as_float(a[xk]), xs, ys)) if len(xs) else math.nan)
                 for a in mine
             ]
             ax.scatter(ax_x, ay, marker="v", s=60, color="crimson", zorder=5, label="alert")
@@ -316,4 +330,4 @@ def plot_metric_history(
             ax.legend(fontsize="small", loc="best")
     axes[-1, 0].set_xlabel(xk)
     axes[0, 0].set_title("Metrics over training")
-    return _save(fig, path)
+    return save_figure(fig, path)

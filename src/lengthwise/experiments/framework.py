@@ -431,7 +431,7 @@ def _plt():
 
 def _save(fig: Any, path: Path) -> Path:
     plots, plt = _plt()
-    return plots._save(fig, path)
+    return plots.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- entry point
