@@ -26,7 +26,7 @@ from lengthwise.batch import Batch
 from lengthwise.config import Config
 from lengthwise.data.loader import BatchLoader
 from lengthwise.data.stats import ModelDims, strategy_stats
-from lengthwise.data.store import TokenStore
+from lengthwise.data.store import TokenStore, tokenizer_mismatch
 from lengthwise.data.strategies import build_strategy
 from lengthwise.data.tokenizer import load_tokenizer
 from lengthwise.errors import UserError
@@ -497,15 +497,12 @@ class Trainer:
 
 def check_tokenizer(path: Path, store: TokenStore) -> None:
     """The data folder's tokenizer.json must be the one the store was prepared with: a file
-    swapped after `prepare` would train on ids that mean other tokens."""
+    swapped after `prepare` would train on ids that mean other tokens (and be exported)."""
     if not path.is_file():
         raise UserError(f"{path}: missing (run `lengthwise prepare` on this config)")
-    found, recorded = load_tokenizer(path).fingerprint, store.meta["tokenizer"]["sha256"]
-    if found != recorded:
-        raise UserError(
-            f"{path}: not the tokenizer {store.path} was prepared with (sha256 {found[:12]} vs "
-            f"{recorded[:12]}); restore it or rerun `lengthwise prepare --overwrite`"
-        )
+    problem = tokenizer_mismatch(store.path, path)
+    if problem:
+        raise UserError(f"{problem}; restore it or rerun `lengthwise prepare --overwrite`")
 
 
 # what a checkpoint's weights and data position depend on: a resume must not change these
