@@ -41,6 +41,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint import load as dcp_load
 from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint import save as dcp_save
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -246,7 +247,7 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
-        raise UserError(f"{path}: refused to load ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: refused to load ({_first_line(e)})") from None
 
 
 # ---------------------------------------------------------------------- DCP without pickled code
@@ -313,15 +314,21 @@ class _SafeLoadPlanner(DefaultLoadPlanner):
 
 
 def _dcp_load(state_dict: dict[str, Any], folder: Path, no_dist: bool) -> None:
+    reader = _SafeMetadataReader(str(folder))
     try:
-        dcp_load(
-            state_dict,
-            storage_reader=_SafeMetadataReader(str(folder)),
-            planner=_SafeLoadPlanner(),
-            no_dist=no_dist,
-        )
-    except pickle.UnpicklingError as e:
-        raise UserError(f"{folder}: refused to load ({str(e).splitlines()[0]})") from None
+        reader.read_metadata()  # DCP would wrap the refusal in a multi-line report: check first
+        dcp_load(state_dict, storage_reader=reader, planner=_SafeLoadPlanner(), no_dist=no_dist)
+    except (pickle.UnpicklingError, OSError, EOFError) as e:
+        raise UserError(f"{folder}: refused to load ({_first_line(e)})") from None
+    except CheckpointException as e:
+        unsafe = "Weights only load failed" in str(e)
+        why = "pickled code in a non-tensor entry" if unsafe else _first_line(e)
+        raise UserError(f"{folder}: refused to load ({why})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 # ---------------------------------------------------------------------- the trainer's side
