@@ -208,9 +208,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from lengthwise import experiments
+    from lengthwise.experiments.registry import run_experiment
 
-    results = experiments.run_experiment(
+    results = run_experiment(
         args.experiment,
         quick=args.quick,
         budget_minutes=args.budget_minutes,
@@ -305,11 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="lengthwise report")
     p.set_defaults(func=cmd_report)
 
+    from lengthwise.experiments.registry import EXPERIMENTS  # (a light import: no torch)
+
     p = sub.add_parser("experiment", help="run a packaged experiment (E1-E5) end to end")
-    p.add_argument("experiment", choices=("E1", "E2", "E3", "E4", "E5"), help="which experiment")
+    p.add_argument("experiment", choices=tuple(EXPERIMENTS), help="which experiment")
     p.add_argument("--quick", action="store_true", help="tiny smoke-test variant (< 2 minutes)")
     p.add_argument(
-        "--budget-minutes", type=float, default=None, help="training budget (default: the YAML's)"
+        "--budget-minutes",
+        type=positive_float,
+        default=None,
+        help="training budget (default: the YAML's)",
     )
     p.add_argument(
         "--out", type=Path, default=None, help="writes OUT/EXP/ (default: runs/experiments)"

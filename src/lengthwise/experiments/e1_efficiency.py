@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from lengthwise.errors import UserError
-from lengthwise.experiments.framework import (
+from lengthwise.experiments.runner import (
     Context,
-    _fmt,
     _num,
-    _plt,
     _save,
+    cell,
     md_table,
+    plotting,
     read_records,
     train_point,
 )
@@ -136,7 +136,7 @@ def run_e1(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
             hit["ratio_train"] = hit["train_time"] / ref["train_seconds"]
             hit["ratio_tokens"] = hit["tokens"] / ref["tokens"]
         r["to_reference"] = hit
-    plots, plt = _plt()
+    plots, plt = plotting()
     train_len = rows[0]["train_len"]
     plots.plot_position_loss(curves, train_len, ctx.exp_dir / "e1_position_loss.png")
     _plot_e1_curves(histories, target, reference, ctx.exp_dir / "e1_val_loss.png")
@@ -146,7 +146,7 @@ def run_e1(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
 
 
 def _plot_e1_curves(histories: dict[str, list[dict]], target: float, ref: str, path: Path) -> Path:
-    _, plt = _plt()
+    _, plt = plotting()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for name, hist in histories.items():
         for ax, key in zip(axes, ("tokens", "time"), strict=True):
@@ -163,7 +163,7 @@ def _plot_e1_curves(histories: dict[str, list[dict]], target: float, ref: str, p
 
 
 def _plot_e1_throughput(rows: list[dict[str, Any]], path: Path) -> Path:
-    _, plt = _plt()
+    _, plt = plotting()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     names = [r["name"] for r in rows]
     vals = [_num(r["tokens_per_s"]) for r in rows]
@@ -204,20 +204,20 @@ def _e1_markdown(rows: list[dict[str, Any]], reference: str, multiples: list[flo
             reach = ["never", "-", "-"]
         else:
             reach = [
-                _fmt(hit["time"], ".0f"),
-                _fmt(hit["tokens"], ",d"),
-                _fmt(hit["ratio_wall"], ".2f"),
+                cell(hit["time"], ".0f"),
+                cell(hit["tokens"], ",d"),
+                cell(hit["ratio_wall"], ".2f"),
             ]
         out.append(
             [
                 r["name"],
-                _fmt(r["tokens"], ",d"),
-                _fmt(r["tokens_per_s"], ",.0f"),
-                _fmt(r["wall_seconds"], ".0f"),
-                _fmt(r["train_seconds"], ".0f"),
-                _fmt(r["val_loss"], ".4f"),
-                _fmt(r["ood_loss"], ".4f"),
-                *[_fmt(r["position_band_loss"].get(b), ".3f") for b in bands],
+                cell(r["tokens"], ",d"),
+                cell(r["tokens_per_s"], ",.0f"),
+                cell(r["wall_seconds"], ".0f"),
+                cell(r["train_seconds"], ".0f"),
+                cell(r["val_loss"], ".4f"),
+                cell(r["ood_loss"], ".4f"),
+                *[cell(r["position_band_loss"].get(b), ".3f") for b in bands],
                 *reach,
             ]
         )

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from lengthwise.errors import UserError
-from lengthwise.experiments.framework import (
+from lengthwise.experiments.runner import (
     Context,
-    _fmt,
     _num,
-    _plt,
     _save,
+    cell,
     md_table,
+    plotting,
     read_records,
     train_point,
 )
@@ -85,7 +85,7 @@ def run_e3(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
     from lengthwise.io import atomic_write_text
 
     spec = ctx.spec
-    plots, _ = _plt()
+    plots, _ = plotting()
     rows, run_dirs = [], []
     items = None
     for point in spec.points:
@@ -207,7 +207,7 @@ def _eval_summary(
 def _plot_e3_accuracy(rows: list[dict[str, Any]], path: Path) -> Path:
     import numpy as np
 
-    _, plt = _plt()
+    _, plt = plotting()
     sets = ("seen", "fresh", "long")
     fig, axes = plt.subplots(1, len(sets), figsize=(12, 4.5), sharey=True)
     x = np.arange(len(rows))
@@ -250,18 +250,18 @@ def _e3_markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         out.append(
             [
                 r["name"],
-                _fmt(r["l1"], "g"),
-                _fmt(r["l2"], "g"),
+                cell(r["l1"], "g"),
+                cell(r["l2"], "g"),
                 f"{r['resid_dropout']:g}/{r['attn_dropout']:g}",
                 "early" if r["stop_reason"] == "early_stopping" else r["stop_reason"],
-                _fmt(r["steps"], ",d"),
-                _fmt(r["epochs"], ".0f"),
-                _fmt(r["best_step"], "d"),
+                cell(r["steps"], ",d"),
+                cell(r["epochs"], ".0f"),
+                cell(r["best_step"], "d"),
                 f"{fa['metric']} @ {fa['step']}" if fa else "none",
-                f"{_fmt(b['train_loss'], '.3f')} -> {_fmt(last['train_loss'], '.3f')}",
-                f"{_fmt(b['ood_loss'], '.3f')} -> {_fmt(last['ood_loss'], '.3f')}",
+                f"{cell(b['train_loss'], '.3f')} -> {cell(last['train_loss'], '.3f')}",
+                f"{cell(b['ood_loss'], '.3f')} -> {cell(last['ood_loss'], '.3f')}",
                 *[
-                    f"{_fmt(a['best'][s]['acc'], '.3f')} / {_fmt(a['last'][s]['acc'], '.3f')}"
+                    f"{cell(a['best'][s]['acc'], '.3f')} / {cell(a['last'][s]['acc'], '.3f')}"
                     for s in ("seen", "fresh", "long")
                 ],
             ]
