@@ -91,6 +91,10 @@ CASES = {
         ["train", "{cfg}", "model.position=sinusoidal", "model.max_position=63"],
         "model.max_position (63) must be >= batching.max_len (64) for sinusoidal positions",
     ),
+    "learned table < random positions": Case(
+        ["train", "{cfg}", "model.position=learned", "model.random_positions_max=100"],
+        "random_positions_max=100 need max_position >= 100, got 64",
+    ),
     # train flags
     "stop at step -1": Case(
         ["train", "{cfg}", "--stop-at-step", "-1"], "--stop-at-step: must be >= 1, got -1", TRAIN
@@ -176,7 +180,7 @@ data:
     train: {{kind: jsonl, path: {root / "train.jsonl"}}}
     val: {{kind: jsonl, path: {root / "val.jsonl"}}}
 batching: {{strategy: concat_chunk, tokens_per_step: 128, max_len: 64}}
-model: {{n_layer: 1, n_head: 2, d_model: 16}}
+model: {{n_layer: 1, n_head: 2, d_model: 16, max_position: 64}}
 train: {{out_dir: run_new, total_tokens: 256, progress: false, tensorboard: false}}
 """
     )

@@ -228,9 +228,10 @@ class ModelConfig(Strict):
         if self.position == "rope" and (self.d_model // self.n_head) % 2:
             raise ValueError("rope needs an even head dimension")
         if self.position in TABLED_POSITIONS and self.max_position < self.random_positions_max:
+            r = self.random_positions_max
             raise ValueError(
-                f"max_position ({self.max_position}) must be >= random_positions_max "
-                f"({self.random_positions_max}) for {self.position} positions"
+                f"{self.position} positions with random_positions_max={r} need "
+                f"max_position >= {r}, got {self.max_position}"
             )
         return self
 
