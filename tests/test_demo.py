@@ -1,6 +1,7 @@
 """`lengthwise demo --quick` end to end (as `make demo` runs it, with tiny budgets), and the
 demo's budget planning."""
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -28,6 +29,7 @@ def test_quick_demo_end_to_end(tmp_path):
     stale = out / "text_concat_chunk" / "checkpoints" / "step-00000007"
     stale.mkdir(parents=True)
     (stale / "manifest.json").write_text("{}")
+    (out / "text_concat_chunk" / "config.yaml").write_text("model: {}\n")  # a run's marker
     (out / "notes.txt").write_text("mine")
 
     proc = subprocess.run(
@@ -116,3 +118,62 @@ def test_a_slow_machine_still_gets_a_minimum_budget(tmp_path):
 def test_bad_budget_is_a_one_line_error(value, tmp_path, capsys):
     assert main(["demo", "--budget-minutes", value, "--out", str(tmp_path)]) == 2
     assert "--budget-minutes" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- re-planning (pure)
+
+SPEED = demo.Speed(text=4096.0, task=30_000.0)
+RUN = 98_304  # 24 steps of 4,096: (98,304 + 32,768 eval tokens) / (4,096 x 0.9) = 35.56 s
+PLANNED = 131_072 / (4096 * 0.9)
+
+
+def test_planned_text_seconds_is_training_at_safety_plus_evals():
+    assert demo.TEXT_EVAL_COST == 32_768  # 3 evals x 2 sets x 16,384 tokens / 3
+    assert demo.planned_text_seconds(RUN, SPEED.text) == pytest.approx(35.5556, abs=1e-4)
+    assert demo.planned_text_seconds(RUN, SPEED.text) == pytest.approx(PLANNED)
+
+
+def test_replan_at_the_pace_measured_when_the_text_runs_are_slow():
+    # the first text run took 4x its planned time (a busy machine)
+    plan = demo.replan("text_concat_chunk", SPEED, [(RUN, 4 * PLANNED)])
+    assert plan.replanned
+    assert plan.task_speed == pytest.approx(7_500.0)  # 30,000 x 0.25
+    assert plan.reserve_s == pytest.approx(120.0)  # 30 s / 0.25
+    assert plan.note.startswith(
+        "re-planned after text_concat_chunk: measured 691 tok/s vs probe 4,096 "
+        "(the text runs took 4.00x their planned time); task run at 7,500 tok/s instead of "
+        "30,000, 120s kept for the closing stages"
+    )
+    # after the second run (on plan this time) the pace is that of both: 71.1 s / 177.8 s = 0.4
+    plan = demo.replan("text_decomposition", SPEED, [(RUN, 4 * PLANNED), (RUN, PLANNED)])
+    assert plan.replanned and plan.task_speed == pytest.approx(12_000.0)
+    assert plan.reserve_s == pytest.approx(75.0)
+
+
+def test_a_run_within_the_tolerance_keeps_the_plan():
+    plan = demo.replan("text_concat_chunk", SPEED, [(RUN, 38.0)])  # 1.07x the plan
+    assert not plan.replanned
+    assert (plan.task_speed, plan.reserve_s) == (SPEED.task, demo.TASK_RESERVE_S)
+    assert plan.note == (
+        "plan kept after text_concat_chunk: measured 2,587 tok/s vs probe 4,096 "
+        "(the text runs took 1.07x their planned time)"
+    )
+    plan = demo.replan("text_concat_chunk", SPEED, [(RUN, 40.0)])  # 1.125x: re-planned
+    assert plan.replanned and plan.task_speed == pytest.approx(30_000 * PLANNED / 40.0)
+
+
+def test_task_tokens_fill_the_time_left_at_the_planned_speed():
+    budget = dataclasses.replace(
+        demo.QUICK,
+        task_tokens_per_step=1024,
+        task_evals=12,
+        task_tokens_min=16 * 1024,
+        task_tokens_max=8_388_608,
+    )
+    # probe's plan: (300 - 30) s x 30,000 x 0.9 / 1.15 = 6,339,130 -> 515 x 12,288 = 6,328,320
+    assert demo.task_tokens(300.0, demo.Plan(30_000.0, 30.0), budget) == 6_328_320
+    # re-planned: (300 - 120) s x 7,500 x 0.9 / 1.15 = 1,056,522 -> 85 x 12,288 = 1,044,480
+    assert demo.task_tokens(300.0, demo.Plan(7_500.0, 120.0), budget) == 1_044_480
+    # no time left: the minimum; plenty: the maximum
+    assert demo.task_tokens(100.0, demo.Plan(7_500.0, 120.0), budget) == 16 * 1024
+    assert demo.task_tokens(3600.0, demo.Plan(30_000.0, 30.0), budget) == 8_388_608

@@ -5,17 +5,69 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 from lengthwise import __version__
 from lengthwise.errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the house rule for bad input: one line `lengthwise: error: ...` on stderr
+    and exit code 2 (argparse would print the usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"lengthwise: error: {message} (see {self.prog} --help)\n")
+
+
+class _CommandParser(_Parser):
+    """A subcommand's parser: options may come anywhere among the positionals, so overrides
+    after a flag count (`lengthwise train CFG --resume a.b=1`; plain argparse ends the
+    overrides at the first option and then rejects the rest)."""
+
+    _intermixed = True
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if not self._intermixed:
+            return super().parse_known_args(args, namespace)
+        self._intermixed = False  # parse_known_intermixed_args calls parse_known_args itself
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = True
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config file")
     p.add_argument(
-        "overrides", nargs="*", help="key.sub=value overrides, e.g. batching.max_len=512"
+        "overrides",
+        nargs="*",
+        default=[],
+        help="key.sub=value overrides, e.g. batching.max_len=512 (also after options)",
     )
 
 
@@ -117,36 +169,54 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import tempfile
 
     from lengthwise.eval import suites
+    from lengthwise.io import check_folder_path
 
     cfg = suites.run_config(args.target, args.config)
     out = args.out or (
         args.target / "eval" if (args.target / "config.yaml").is_file() else Path("eval_out")
     )
+    check_folder_path(out, "--out")
+    suites.check_device(args.device)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        target = args.target
-        if args.checkpoint:  # a run's checkpoint other than its final export
-            from lengthwise.export import export_run
-
-            target, _ = export_run(args.target, args.checkpoint, Path(tmp) / "export")
-        lm = suites.load_lm(target, device=args.device, prompt_template=args.prompt_template)
-        if args.suite == "lengths":
-            _, table = suites.suite_lengths(
-                lm,
-                cfg,
-                out,
-                args.multiples,
-                n=args.n,
-                text_split=args.text_split,
-                batch_size=args.batch_size,
-            )
-        elif args.suite == "valley":
-            _, table = suites.suite_valley(lm, cfg, out, n=args.n, batch_size=args.batch_size)
-        else:
-            _, table = suites.suite_memorization(lm, cfg, out, n=args.n, batch_size=args.batch_size)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            table = _run_suite(args, cfg, out, Path(tmp))
+    except BaseException:
+        if created and not any(out.iterdir()):  # a failed eval leaves no empty folder behind
+            out.rmdir()
+        raise
     print(table)
     print(f"written: {out / (args.suite + '.json')} (and PNG plots beside it)")
     return 0
+
+
+def _run_suite(args: argparse.Namespace, cfg: Any, out: Path, tmp: Path) -> str:
+    from lengthwise.eval import suites
+
+    target = args.target
+    if args.checkpoint:  # a run's checkpoint other than its final export
+        from lengthwise.export import export_run
+
+        target, _ = export_run(args.target, args.checkpoint, tmp / "export")
+    lm = suites.load_lm(target, device=args.device, prompt_template=args.prompt_template)
+    if args.suite == "lengths":
+        _, table = suites.suite_lengths(
+            lm,
+            cfg,
+            out,
+            args.multiples,
+            n=args.n,
+            text_split=args.text_split,
+            batch_size=args.batch_size,
+        )
+    elif args.suite == "valley":
+        _, table = suites.suite_valley(lm, cfg, out, n=args.n, batch_size=args.batch_size)
+    else:
+        _, table = suites.suite_memorization(
+            lm, cfg, out, n=args.n, batch_size=args.batch_size, mode=args.terms
+        )
+    return table
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -158,9 +228,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from lengthwise import experiments
+    from lengthwise.experiments.registry import run_experiment
 
-    results = experiments.run_experiment(
+    results = run_experiment(
         args.experiment,
         quick=args.quick,
         budget_minutes=args.budget_minutes,
@@ -185,9 +255,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lengthwise", description=__doc__)
+    parser = _Parser(prog="lengthwise", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lengthwise {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
     p = sub.add_parser("prepare", help="tokenize documents into token stores (one per split)")
     _add_config(p)
@@ -210,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument(
         "--stop-at-step",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="checkpoint and stop after step N (same schedule; continue with --resume)",
@@ -236,9 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="training config (default: RUN's)")
     p.add_argument("--checkpoint", default=None, help="run dirs: last, best or a folder")
     p.add_argument("--out", type=Path, default=None, help="default: RUN/eval or ./eval_out")
-    p.add_argument("--n", type=int, default=200, help="items per task and length (or level)")
     p.add_argument(
-        "--multiples", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="lengths suite"
+        "--n", type=positive_int, default=200, help="items per task and length (or level)"
+    )
+    p.add_argument(
+        "--multiples", type=positive_float, nargs="+", default=[1.0, 2.0, 4.0], help="lengths suite"
     )
     p.add_argument("--text-split", default=None, help="lengths suite: split for position loss")
     p.add_argument(
@@ -247,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("numbers", "ngrams", "exact"),
         help="memorization suite: how an item's terms are counted in the training data",
     )
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--prompt-template", default="{prompt}", help="HF models: prompt wrapping")
     p.set_defaults(func=cmd_eval)
@@ -261,11 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_report)
 
+    from lengthwise.experiments.registry import EXPERIMENTS  # (a light import: no torch)
+
     p = sub.add_parser("experiment", help="run a packaged experiment (E1-E5) end to end")
-    p.add_argument("experiment", choices=("E1", "E2", "E3", "E4", "E5"), help="which experiment")
+    p.add_argument("experiment", choices=tuple(EXPERIMENTS), help="which experiment")
     p.add_argument("--quick", action="store_true", help="tiny smoke-test variant (< 2 minutes)")
     p.add_argument(
-        "--budget-minutes", type=float, default=None, help="training budget (default: the YAML's)"
+        "--budget-minutes",
+        type=positive_float,
+        default=None,
+        help="training budget (default: the YAML's)",
     )
     p.add_argument(
         "--out", type=Path, default=None, help="writes OUT/EXP/ (default: runs/experiments)"
@@ -280,14 +357,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test (< 2 min)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="default: runs/demo")
     p.add_argument(
-        "--budget-minutes", type=float, default=10.0, help="time budget on CPU (default 10)"
+        "--budget-minutes",
+        type=positive_float,
+        default=10.0,
+        help="time budget on CPU (default 10)",
     )
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns the exit code (also for --help and usage errors, which argparse
+    ends with SystemExit), so that tests can call it in-process."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
     try:
         return args.func(args)
     except UserError as e:

@@ -12,13 +12,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lengthwise.errors import UserError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.inf` or `.nan` in any float field (lr, eps, weight decay, ...) is an
+    # error naming the key, not a run whose every step is skipped as non-finite
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def is_power_of_two(n: int) -> bool:
@@ -169,6 +178,7 @@ class BatchingConfig(Strict):
 PositionName = Literal[
     "learned", "sinusoidal", "rope", "nope", "alibi", "fire", "abacus", "relative_bias"
 ]
+TABLED_POSITIONS = ("learned", "sinusoidal")  # a table of max_position rows: nothing past it
 
 
 class ModelConfig(Strict):
@@ -191,7 +201,8 @@ class ModelConfig(Strict):
     attn_dropout: float = Field(default=0.0, ge=0.0, le=0.5)  # dropout on attention weights
     resid_dropout: float = Field(default=0.0, ge=0.0, le=0.5)  # dropout on each block's output
     position: PositionName = "rope"  # positional encoding (model/positions.py)
-    max_position: int = Field(default=2048, gt=0)  # learned/sinusoidal table size
+    # learned/sinusoidal table size: at least batching.max_len (and random_positions_max)
+    max_position: int = Field(default=2048, gt=0)
     rope_base: float = Field(default=10000.0, gt=1.0)  # rope: the frequency base
     # Randomized positions (Ruoss et al. 2023): in training, each row's positions are a sorted
     # random subset of [0, random_positions_max); 0 = off.
@@ -216,6 +227,12 @@ class ModelConfig(Strict):
             )
         if self.position == "rope" and (self.d_model // self.n_head) % 2:
             raise ValueError("rope needs an even head dimension")
+        if self.position in TABLED_POSITIONS and self.max_position < self.random_positions_max:
+            r = self.random_positions_max
+            raise ValueError(
+                f"{self.position} positions with random_positions_max={r} need "
+                f"max_position >= {r}, got {self.max_position}"
+            )
         return self
 
 
@@ -225,13 +242,20 @@ class OptimConfig(Strict):
     absolute values of the decayed weights) to the loss; the seed recommends 0.001-0.01."""
 
     lr: float = Field(default=1e-3, gt=0)  # peak learning rate
-    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas, each in [0, 1)
     eps: float = Field(default=1e-8, gt=0)  # AdamW epsilon
     weight_decay: float = Field(default=0.1, ge=0)  # decoupled weight decay on matrices
     decay_embeddings: bool = False  # also decay the embeddings
     l1: float = Field(default=0.0, ge=0)  # coefficient of the L1 penalty added to the loss
     l2: float = Field(default=0.0, ge=0)  # coefficient of the L2 penalty added to the loss
     grad_clip: float = Field(default=1.0, ge=0)  # 0 = off
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_below_one(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):  # torch's AdamW raises on the first step
+            raise ValueError(f"each beta must be in [0, 1), got {list(betas)}")
+        return betas
 
 
 class ScheduleConfig(Strict):
@@ -370,6 +394,16 @@ class Config(Strict):
     distributed: DistributedConfig = DistributedConfig()
 
     @model_validator(mode="after")
+    def _check_positions(self) -> Config:
+        m, b = self.model, self.batching
+        if m.position in TABLED_POSITIONS and m.max_position < b.max_len:
+            raise ValueError(
+                f"model.max_position ({m.max_position}) must be >= batching.max_len ({b.max_len}) "
+                f"for {m.position} positions: the table has no row past max_position"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_eval(self) -> Config:
         names = [s.name for s in self.eval.sets]
         if len(set(names)) != len(names):
@@ -423,13 +457,30 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b=value` overrides; values are parsed as YAML (`8`, `true`, `[1, 2]`)."""
+    """Apply `a.b=value` overrides; values are parsed as YAML (`8`, `true`, `[1, 2]`), see
+    `parse_override_value`."""
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override '{item}': expected key.sub=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        _set_dotted(tree, key.strip(), parse_override_value(key.strip(), raw))
     return tree
+
+
+def parse_override_value(key: str, raw: str) -> Any:
+    """An override's value read as YAML, as the config file would read it (`8`, `true`,
+    `[1, 2]`, `null`). A value that YAML cannot parse is taken as the plain string it is:
+    `data.splits.train.glob=**/*.md` (YAML reads a leading `*` as an alias) means the glob
+    `**/*.md`, and no other reading exists. A value that begins like a list, a mapping or a
+    quoted string (`[`, `{`, `"`, `'`) was meant as one, so there an error names the override
+    (`optim.betas=[0.9,`) instead of a string the validator would reject less clearly."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        if raw.lstrip()[:1] in ("[", "{", '"', "'"):
+            why = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise UserError(f"override {key}={raw}: not valid YAML ({why})") from None
+        return raw
 
 
 def format_validation_error(source: str, err: ValidationError) -> str:
@@ -439,17 +490,21 @@ def format_validation_error(source: str, err: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{source}: {key}: {msg}{more}" if key else f"{source}: {msg}{more}"
+    return f"{source}: {key + ': ' if key else ''}{msg}{more}"
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
-    """A YAML file's top-level mapping; missing file, bad YAML or a non-mapping are one-line
-    UserErrors naming the file."""
+    """A YAML file's top-level mapping; a missing file, bytes that are not UTF-8, bad YAML or a
+    non-mapping are one-line UserErrors naming the file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {what} file not found")
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+        ) from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(tree, dict):

@@ -13,6 +13,12 @@ One function per stage, called in order by `run_demo`:
                     `concat_chunk` (fixed-length chunks across documents) and `decomposition`
                     + `grow_p2` (Dataset Decomposition);
                     eval sets val (held-out kernel docs, id) and ood (PostgreSQL docs).
+                    After each, `replan` compares the time the text runs took with the time
+                    the plan gave them: when the machine is slower than the probe said (other
+                    work started on the cores), the task run and the closing stages are planned
+                    at the pace measured, and the summary says so. (The text runs' tokens are
+                    fixed before the first starts and equal for both, so a machine slow from
+                    the start still overruns by those two runs; re-planning bounds the rest.)
 5. `text_lengths`   per-position loss out to 4x the training length (`eval --suite lengths`).
 6. `train_task`     addition on 1-8 digit numbers with position coupling (configs/demo_task.yaml,
                     E2's best recipe), tested on 9-16 (2x) and 17-32 (4x) digit numbers during
@@ -23,7 +29,8 @@ One function per stage, called in order by `run_demo`:
 9. `summary_table`  one line per run, printed at the end.
 
 Runs are written to OUT/text_concat_chunk, OUT/text_decomposition and OUT/task_addition; running
-the demo again with the same OUT replaces them (and the report).
+the demo again with the same OUT replaces them (and the report, at the end). A folder under one
+of those names that is not a run (no config.yaml) is never deleted: the demo refuses to start.
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ from tqdm import tqdm
 
 from lengthwise.config import Config, load_config
 from lengthwise.errors import UserError
-from lengthwise.rundir import read_metrics
+from lengthwise.io import check_folder_path, check_replaceable
+from lengthwise.rundir import RunDir
 
 TEXT_CONFIG = "configs/demo_text.yaml"
 TASK_CONFIG = "configs/demo_task.yaml"
@@ -121,8 +129,13 @@ TEXT_CYCLES_PER_RUN = 2  # grow_p2 cycles within the run (the config's 8 per epo
 TEXT_EVALS = 3  # at 1/3, 2/3 and the end of each text run
 TEXT_EVAL_TOKENS = 16384  # per eval set and eval: 16 windows of 1024 tokens
 TEXT_MIN_TOKENS = 24 * TEXT_TOKENS_PER_STEP
+# an eval reads 2 sets x TEXT_EVAL_TOKENS, forward only: ~1/3 of the cost of training on them
+TEXT_EVAL_COST = TEXT_EVALS * 2 * TEXT_EVAL_TOKENS / 3  # in training tokens, per text run
 TASK_RESERVE_S = 30.0  # the task's lengths suite, the report and the summary
 TASK_EVAL_OVERHEAD = 1.15
+# Re-planning: the text runs may take up to this factor of their planned time before what
+# remains is planned at the measured pace (a quiet machine stays within it, and keeps its plan)
+REPLAN_TOLERANCE = 1.1
 
 
 @dataclass
@@ -139,6 +152,19 @@ class RunResult:
     summary: dict[str, Any]
     suite: dict[str, Any] = field(default_factory=dict)
     suite_table: str = ""
+    seconds: float = 0.0  # on the demo's clock: training, model build and export
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the stages after the text runs are planned with: the task model's speed and the
+    seconds kept for the closing stages; `note` says how the text runs compared with their plan
+    and `replanned` whether that changed anything."""
+
+    task_speed: float
+    reserve_s: float
+    note: str = ""
+    replanned: bool = False
 
 
 # ---------------------------------------------------------------------- console and progress
@@ -359,9 +385,7 @@ def plan_budget(demo: Demo, speed: Speed) -> Budget:
     text = demo_config(demo.root, TEXT_CONFIG, [])
     step = TEXT_TOKENS_PER_STEP
     left = demo.left()
-    # an eval reads 2 sets x TEXT_EVAL_TOKENS, forward only: ~1/3 of the cost of training on them
-    eval_cost = TEXT_EVALS * 2 * TEXT_EVAL_TOKENS / 3
-    raw = TEXT_SHARE * left * speed.text * SAFETY - eval_cost
+    raw = TEXT_SHARE * left * speed.text * SAFETY - TEXT_EVAL_COST
     tokens = min(_round_to(raw, step * TEXT_EVALS), text.train.total_tokens)
     tokens = max(tokens, TEXT_MIN_TOKENS)
     epoch = TokenStore(text.data.out_dir / "train").n_tokens
@@ -396,6 +420,47 @@ def plan_budget(demo: Demo, speed: Speed) -> Budget:
     return budget
 
 
+def planned_text_seconds(tokens: int, text_speed: float) -> float:
+    """The time `plan_budget` gives a text run of `tokens` at the probe's `text_speed`:
+    training at text_speed x SAFETY plus its evals."""
+    return (tokens + TEXT_EVAL_COST) / (text_speed * SAFETY)
+
+
+def replan(after: str, speed: Speed, done: list[tuple[int, float]]) -> Plan:
+    """At a run boundary: compare the text runs so far, (tokens, seconds) each, with the time
+    the plan gave them. Slower than REPLAN_TOLERANCE x the plan (other work on the cores: the
+    audit measured a 3,793 tokens/s probe, then 600-1,000 in training), and what remains is
+    planned at the pace measured: the task model at its probe speed x pace, the closing stages
+    with TASK_RESERVE_S / pace. Within it, the probe's plan stands. (The second text run always
+    gets the first's tokens: the comparison needs equal budgets.)"""
+    tokens = sum(t for t, _ in done)
+    seconds = max(sum(s for _, s in done), 1e-9)
+    pace = sum(planned_text_seconds(t, speed.text) for t, _ in done) / seconds
+    said = (
+        f"after {after}: measured {tokens / seconds:,.0f} tok/s vs probe {speed.text:,.0f} "
+        f"(the text runs took {1 / pace:.2f}x their planned time)"
+    )
+    if pace * REPLAN_TOLERANCE >= 1:
+        return Plan(speed.task, TASK_RESERVE_S, f"plan kept {said}")
+    task, reserve = speed.task * pace, TASK_RESERVE_S / pace
+    return Plan(
+        task,
+        reserve,
+        f"re-planned {said}; task run at {task:,.0f} tok/s instead of {speed.task:,.0f}, "
+        f"{reserve:.0f}s kept for the closing stages",
+        replanned=True,
+    )
+
+
+def task_tokens(left_s: float, plan: Plan, budget: Budget) -> int:
+    """The task run's budget: training plus its evals (TASK_EVAL_OVERHEAD) in the seconds left
+    less the closing stages' reserve, at the planned speed discounted by SAFETY, in whole eval
+    intervals, between task_tokens_min and task_tokens_max."""
+    tokens = (left_s - plan.reserve_s) * plan.task_speed * SAFETY / TASK_EVAL_OVERHEAD
+    tokens = _round_to(tokens, budget.task_tokens_per_step * budget.task_evals)
+    return min(max(tokens, budget.task_tokens_min), budget.task_tokens_max)
+
+
 def train_text(demo: Demo, budget: Budget, name: str, batching: list[str]) -> RunResult:
     """Stage 4 (twice): the demo text model for `budget.text_tokens` tokens with one batching
     strategy, evaluated on val (id) and ood (PostgreSQL)."""
@@ -407,8 +472,9 @@ def train_text(demo: Demo, budget: Budget, name: str, batching: list[str]) -> Ru
     what = b.strategy + (f"+{b.curriculum.name}" if b.curriculum.name != "none" else "")
     what += f" T={b.max_len}"
     demo.begin(f"text run {name}: {what}, {budget.text_tokens:,} tokens")
+    start = time.time()
     summary = train(cfg)
-    return RunResult(name, what, run_dir, summary)
+    return RunResult(name, what, run_dir, summary, seconds=time.time() - start)
 
 
 def text_lengths(demo: Demo, budget: Budget, run: RunResult) -> None:
@@ -423,20 +489,15 @@ def text_lengths(demo: Demo, budget: Budget, run: RunResult) -> None:
     demo.say(run.suite_table)
 
 
-def train_task(demo: Demo, budget: Budget, speed: Speed) -> RunResult:
+def train_task(demo: Demo, budget: Budget, plan: Plan) -> RunResult:
     """Stage 6: coupled addition, 1-8 digits, evaluated at 1x/2x/4x during training with the
-    OOD monitor and early stopping (best checkpoint restored). Token budget: the time left."""
+    OOD monitor and early stopping (best checkpoint restored). Token budget: the time left, at
+    the speed of the current plan (`task_tokens`)."""
     from lengthwise.train.trainer import train
 
     run_dir = demo.out / TASK_RUN
     base = demo_config(demo.root, TASK_CONFIG, [])
-    if demo.quick:
-        tokens = budget.task_tokens_min
-    else:  # training plus its evals in the time left, less the closing stages
-        seconds = demo.left() - TASK_RESERVE_S
-        tokens = seconds * speed.task * SAFETY / TASK_EVAL_OVERHEAD
-        tokens = _round_to(tokens, budget.task_tokens_per_step * budget.task_evals)
-        tokens = min(max(tokens, budget.task_tokens_min), budget.task_tokens_max)
+    tokens = budget.task_tokens_min if demo.quick else task_tokens(demo.left(), plan, budget)
     cfg = demo_config(demo.root, TASK_CONFIG, task_overrides(budget, run_dir, tokens, base))
     src = cfg.data.splits["train"]
     what = f"addition {src.lengths[0]}-{src.lengths[1]} {src.format}, {cfg.model.position}"
@@ -445,8 +506,9 @@ def train_task(demo: Demo, budget: Budget, speed: Speed) -> RunResult:
         f"task run {TASK_RUN}: {what}, {tokens:,} tokens; early stopping on "
         f"{es.metric or 'ood_mean/acc'} (patience {es.patience} of {budget.task_evals} evals)"
     )
+    start = time.time()
     summary = train(cfg)
-    return RunResult(TASK_RUN, what, run_dir, summary)
+    return RunResult(TASK_RUN, what, run_dir, summary, seconds=time.time() - start)
 
 
 def task_lengths(demo: Demo, budget: Budget, run: RunResult) -> None:
@@ -517,7 +579,7 @@ def _result(run: RunResult) -> str:
         # the eval sets (1-8, 9-16, 17-32 digits) at the exported step (the restored best), and
         # the suite's problems of exactly 8, 16, 32 digits
         step = s.get("restored_best_step") or s["steps"]
-        evals = [e for e in read_metrics(run.run_dir, "eval") if e["step"] <= step]
+        evals = [e for e in RunDir(run.run_dir).metrics("eval") if e["step"] <= step]
         at = evals[-1] if evals else {}
         sets = "  ".join(f"{m}x {at[f'add_{m}x/acc']:.2f}" for m in (1, 2, 4) if at)
         rows = run.suite["task"]["rows"]
@@ -540,17 +602,35 @@ def _result(run: RunResult) -> str:
 # ---------------------------------------------------------------------- the whole job
 
 
-def clear_previous(out: Path) -> None:
-    """Remove this demo's earlier runs and report from OUT (nothing else in it)."""
+def check_out(out: Path) -> None:
+    """Refuse, before any work, an OUT that is a file, or that holds a folder under a run's name
+    which `lengthwise train` did not write (no config.yaml): the demo replaces its own earlier
+    runs and nothing else."""
+    check_folder_path(out, "--out")
     for name in RUN_NAMES:
-        shutil.rmtree(out / name, ignore_errors=True)
-    (out / "report.html").unlink(missing_ok=True)
-    shutil.rmtree(out / "report_files", ignore_errors=True)
+        check_replaceable(
+            out / name,
+            lambda p: RunDir(p).is_run(),
+            "a lengthwise run",
+            remedy="move it or choose another --out",
+        )
+    if (out / "report.html").is_dir():
+        raise UserError(f"--out {out}: report.html is a folder; the demo writes its report there")
+    check_folder_path(out / "report_files", "--out")
+
+
+def clear_previous(out: Path) -> None:
+    """Remove this demo's earlier runs from OUT (after `check_out`: absent, empty or runs).
+    The report is replaced when the new one is written."""
+    for name in RUN_NAMES:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
 
 
 def run_demo(out: Path, budget_minutes: float = 10.0, quick: bool = False) -> int:
     if not budget_minutes > 0 or not math.isfinite(budget_minutes):
         raise UserError(f"--budget-minutes: must be a positive number, got {budget_minutes}")
+    check_out(Path(out).resolve())
     demo = Demo(Path(out).resolve(), budget_minutes * 60, quick, find_root())
     demo.say(
         f"lengthwise demo{' --quick' if quick else ''}: budget {_mmss(demo.budget_s)}, "
@@ -559,14 +639,23 @@ def run_demo(out: Path, budget_minutes: float = 10.0, quick: bool = False) -> in
     clear_previous(demo.out)
     demo.out.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
+    notes = []
     try:
         prepare_data(demo)
         speed = measure_speed(demo)  # may settle on 1 thread
         budget = plan_budget(demo, speed)
-        runs = [train_text(demo, budget, name, batching) for name, batching in TEXT_STRATEGIES]
+        plan = Plan(speed.task, TASK_RESERVE_S)
+        runs: list[RunResult] = []
+        for name, batching in TEXT_STRATEGIES:  # both with budget.text_tokens: equal budgets
+            runs.append(train_text(demo, budget, name, batching))
+            if not demo.quick:  # quick: fixed budgets, nothing to plan
+                plan = replan(name, speed, [(budget.text_tokens, r.seconds) for r in runs])
+                notes.append(plan.note)
+                if plan.replanned:
+                    demo.say(plan.note)
         for run in runs:
             text_lengths(demo, budget, run)
-        task = train_task(demo, budget, speed)
+        task = train_task(demo, budget, plan)
         task_lengths(demo, budget, task)
         runs.append(task)
         report, problem, failed = write_report(demo, runs)
@@ -574,6 +663,8 @@ def run_demo(out: Path, budget_minutes: float = 10.0, quick: bool = False) -> in
         torch.set_num_threads(threads)
     demo.say(f"\nlengthwise demo: done in {_mmss(demo.elapsed())} (budget {_mmss(demo.budget_s)})")
     demo.say(summary_table(runs))
+    for note in notes:
+        demo.say(note)
     demo.say(f"runs: {', '.join(str(r.run_dir) for r in runs)}")
     demo.say(f"report: {report}" if report else f"report: {problem}")
     return 1 if failed else 0

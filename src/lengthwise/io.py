@@ -107,10 +107,12 @@ def check_replaceable(
     is_ours: Callable[[Path], bool],
     what: str,
     overwrite: bool = False,
+    remedy: str = "choose another path or pass --overwrite",
 ) -> None:
     """Refuse (UserError, one line) to replace `dest` unless it is absent, an empty folder,
     recognizably written by lengthwise (`is_ours`), or `overwrite` is set. A plain file is never
-    replaced by a folder, whatever `overwrite` says."""
+    replaced by a folder, whatever `overwrite` says. `remedy` ends the message (a command
+    without --overwrite says what to do instead)."""
     dest = Path(dest)
     if not dest.exists() and not dest.is_symlink():
         return
@@ -118,9 +120,19 @@ def check_replaceable(
         raise UserError(f"{dest}: exists and is not a folder; {what} needs a folder path")
     if overwrite or is_ours(dest) or not any(dest.iterdir()):
         return
-    raise UserError(
-        f"{dest}: a non-empty folder that is not {what}; choose another path or pass --overwrite"
-    )
+    raise UserError(f"{dest}: a non-empty folder that is not {what}; {remedy}")
+
+
+def check_folder_path(path: Path, what: str) -> None:
+    """Refuse (UserError, one line) a folder path that is, or lies under, something that is not
+    a folder (`--out notes.txt`), before any work: `mkdir` would fail there with a traceback."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.is_dir():
+            return
+        if p.exists() or p.is_symlink():
+            where = "is" if p == path else f"lies under {p}, which is"
+            raise UserError(f"{what} {path}: {where} a file, not a folder")
 
 
 def remove_leftovers(folder: Path, names: Callable[[str], bool] | None = None) -> list[Path]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lengthwise.config import TABLED_POSITIONS
 from lengthwise.data.tokenizer import Tokenizer
 from lengthwise.eval.generate import greedy_generate
 from lengthwise.eval.lm import split_request
@@ -59,6 +60,13 @@ class LengthwiseLM:
     @property
     def eos_id(self) -> int:
         return self.tokenizer.eos_id
+
+    @property
+    def max_positions(self) -> int | None:
+        """Positions the model can embed: `max_position` for a learned or sinusoidal table,
+        None (no limit) for the others. Suites check it before they start."""
+        cfg = self.model.cfg
+        return cfg.max_position if cfg.position in TABLED_POSITIONS else None
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)

@@ -28,10 +28,10 @@ from lengthwise.data.sources import iter_documents, task_names, task_source_item
 from lengthwise.data.store import TokenStore
 from lengthwise.data.tokenizer import load_tokenizer
 from lengthwise.errors import UserError
-from lengthwise.eval.accuracy import score_items
+from lengthwise.eval.accuracy import answer_budget, score_items
 from lengthwise.eval.lm import EvalLM
 from lengthwise.io import atomic_write_text
-from lengthwise.tasks import generate_items, get_task
+from lengthwise.tasks import Item, generate_items, get_task
 
 SUITES = ("lengths", "valley", "memorization")
 
@@ -39,8 +39,26 @@ SUITES = ("lengths", "valley", "memorization")
 # ---------------------------------------------------------------------- loading
 
 
+def check_device(device: str) -> None:
+    """Refuse (one line) a device string torch does not know or a device this machine lacks,
+    before a model is loaded onto it (torch's own errors are tracebacks)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device}: not a device (cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            raise UserError(f"--device {device}: this machine has {n} CUDA device(s); use cpu")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available here; use cpu")
+
+
 def load_lm(target: Path, device: str = "cpu", prompt_template: str = "{prompt}") -> EvalLM:
     """A lengthwise run directory or export folder, or a Hugging Face causal LM folder."""
+    check_device(device)
     target = Path(target)
     name = target.name
     if (target / "config.yaml").is_file() and (target / "export").is_dir():
@@ -98,13 +116,35 @@ def _jsonable(x: Any) -> Any:
 # ---------------------------------------------------------------------- lengths
 
 
+def check_positions(lm: EvalLM, needed: int, what: str) -> None:
+    """Learned and sinusoidal position tables end at `max_position` (`lm.max_positions`; models
+    without it have no such limit): refuse, before any work, an evaluation whose sequences need
+    more positions, instead of failing halfway through the suite."""
+    limit = getattr(lm, "max_positions", None)
+    if limit is not None and needed > limit:
+        raise UserError(
+            f"--suite lengths: {what} needs {needed} positions, but {lm.name} has a position "
+            f"table of max_position {limit}; choose smaller --multiples"
+        )
+
+
+def positions_needed(lm: EvalLM, items: list[Item]) -> int:
+    """Position ids greedy decoding of `items` uses: the task's ids (the coupled format), else
+    prompt plus answer budget (the last generated token is never fed back)."""
+    if items and all(it.positions is not None for it in items):
+        return max(max(it.positions) for it in items) + 1  # type: ignore[arg-type]
+    budget = answer_budget(lm, items)
+    return max((len(lm.encode(it.prompt)) for it in items), default=0) + budget - 1
+
+
 def length_accuracy(
     lm: EvalLM, src: SourceConfig, multiples: list[float], n: int, batch_size: int
 ) -> list[dict[str, Any]]:
-    """Per task and multiple m: items of exactly round(m x longest training length)."""
+    """Per task and multiple m: items of exactly round(m x longest training length). Every
+    item is generated (and checked against the model's positions) before any is scored."""
     train_len = src.lengths[1]
     keys = {it.key for it in task_source_items(src)}
-    rows = []
+    todo = []
     for name in task_names(src):
         task = get_task(name, **src.params)
         for m in multiples:
@@ -114,8 +154,12 @@ def length_accuracy(
                     task, (length, length), n, src.format, 10_000 + int(100 * m), exclude=keys
                 )
             )
-            score = score_items(lm, task, items, batch_size=batch_size)
-            rows.append({"task": name, "multiple": m, "length": length, **score.to_dict()})
+            check_positions(lm, positions_needed(lm, items), f"{name} at {m:g}x ({length})")
+            todo.append((name, task, m, length, items))
+    rows = []
+    for name, task, m, length, items in todo:
+        score = score_items(lm, task, items, batch_size=batch_size)
+        rows.append({"task": name, "multiple": m, "length": length, **score.to_dict()})
     return rows
 
 
@@ -164,6 +208,15 @@ def suite_lengths(
 
     result: dict[str, Any] = {"model": lm.name, "multiples": multiples}
     lines = []
+    split = text_split or next(
+        (s for s, c in cfg.data.splits.items() if c.kind != "task" and s != "train"), None
+    )
+    train_len = cfg.batching.max_len
+    n_tokens = int(max(multiples) * train_len) + 1
+    store = None
+    if split is not None:  # checked before the task items, so nothing is computed in vain
+        check_positions(lm, n_tokens - 1, f"per-position loss to {max(multiples):g}x {train_len}")
+        store = TokenStore(cfg.data.out_dir / split)
     src = cfg.data.splits.get("train")
     if src is not None and src.kind == "task":
         rows = length_accuracy(lm, src, multiples, n, batch_size)
@@ -175,13 +228,7 @@ def suite_lengths(
                 f"{r['task']:<16}{r['multiple']:>5g}x{r['length']:>8}{r['acc']:>8.3f}"
                 f"{r['parse_rate']:>8.3f}{r['n']:>6}"
             )
-    split = text_split or next(
-        (s for s, c in cfg.data.splits.items() if c.kind != "task" and s != "train"), None
-    )
-    if split is not None:
-        train_len = cfg.batching.max_len
-        n_tokens = int(max(multiples) * train_len) + 1
-        store = TokenStore(cfg.data.out_dir / split)
+    if store is not None:
         curve, used = position_losses(
             lm, store, cfg.data.out_dir / "tokenizer.json", n_tokens, n_docs
         )

@@ -1,6 +1,8 @@
 """`lengthwise experiment E1|E2|E3|E4|E5 [--quick] [--budget-minutes M] [--out DIR]`: one command
 per experiment, one YAML per experiment (``experiments/eN_*.yaml``: a base config plus the grid).
 
+The experiments are listed once, in ``registry.EXPERIMENTS`` (id, YAML, runner); ``spec`` reads
+a YAML, ``runner`` runs one (budgets, training points, outputs, shared table and plot helpers).
 Each experiment trains one run per grid point in-process (``lengthwise.train.trainer.train`` on
 ``load_config(base, overrides)``), evaluates the runs, and writes ``OUT/EXP/``:
 
@@ -68,55 +70,68 @@ from lengthwise.experiments.e5_memorization import (
     skewed_items,
     write_skewed_jsonl,
 )
-from lengthwise.experiments.framework import (
-    CHOICES,
-    IMPLEMENTED,
-    REPO,
-    RUNNERS,
+from lengthwise.experiments.registry import (
+    EXPERIMENTS,
+    Experiment,
+    get_experiment,
+    run_experiment,
+    spec_path,
+)
+from lengthwise.experiments.runner import (
     Context,
-    Point,
-    Spec,
+    Runner,
+    cell,
+    check_run_folder,
     command_line,
     environment,
-    expand_grid,
-    experiments_dir,
+    epochs_begun,
     fixed_minutes,
-    load_spec,
     md_table,
+    plotting,
     point_config,
     point_minutes,
     prepare_data,
     read_records,
-    run_experiment,
-    spec_path,
     tokens_per_run,
     train_point,
     write_outputs,
 )
-
-RUNNERS.update({"E1": run_e1, "E2": run_e2, "E3": run_e3, "E4": run_e4, "E5": run_e5})
+from lengthwise.experiments.spec import (
+    REPO,
+    Point,
+    Spec,
+    expand_grid,
+    experiments_dir,
+    load_spec,
+    safe_name,
+    spec_number,
+)
 
 __all__ = [
     "ADVERSARIAL",
-    "CHOICES",
-    "IMPLEMENTED",
+    "EXPERIMENTS",
     "REPO",
-    "RUNNERS",
     "Context",
+    "Experiment",
     "Point",
+    "Runner",
     "Spec",
     "adversarial_items",
-    "command_line",
+    "cell",
     "critical_moves_right",
+    "check_run_folder",
+    "command_line",
     "e2_score_point",
     "e2_targets",
     "e3_eval_items",
     "environment",
+    "epochs_begun",
     "eval_curve",
     "eval_durations",
     "expand_grid",
     "experiments_dir",
     "fixed_minutes",
+    "get_experiment",
     "item_from_dict",
     "item_to_dict",
     "load_spec",
@@ -124,6 +139,7 @@ __all__ = [
     "mean_train_loss",
     "median_tokens_per_s",
     "memorization_on_texts",
+    "plotting",
     "point_config",
     "point_minutes",
     "prepare_data",
@@ -134,11 +150,13 @@ __all__ = [
     "run_e4",
     "run_e5",
     "run_experiment",
+    "safe_name",
     "score_adversarial",
     "score_export",
     "select_long_candidate",
     "skewed_eval_items",
     "skewed_items",
+    "spec_number",
     "spec_path",
     "time_to_target",
     "tokens_per_run",

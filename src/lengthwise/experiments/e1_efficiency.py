@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from lengthwise.errors import UserError
-from lengthwise.experiments.framework import (
+from lengthwise.eval.plots import as_float, save_figure
+from lengthwise.experiments.runner import (
     Context,
-    _fmt,
-    _num,
-    _plt,
-    _save,
+    cell,
     md_table,
+    plotting,
     read_records,
     train_point,
 )
@@ -48,7 +47,7 @@ def eval_curve(records: list[dict[str, Any]], metric: str) -> list[dict[str, flo
                 "tokens": r["tokens"],
                 "time": r["time"],
                 "train_time": r["time"] - spent,
-                "value": _num(r.get(metric)),
+                "value": as_float(r.get(metric)),
             }
         )
     return out
@@ -136,7 +135,7 @@ def run_e1(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
             hit["ratio_train"] = hit["train_time"] / ref["train_seconds"]
             hit["ratio_tokens"] = hit["tokens"] / ref["tokens"]
         r["to_reference"] = hit
-    plots, plt = _plt()
+    plots, plt = plotting()
     train_len = rows[0]["train_len"]
     plots.plot_position_loss(curves, train_len, ctx.exp_dir / "e1_position_loss.png")
     _plot_e1_curves(histories, target, reference, ctx.exp_dir / "e1_val_loss.png")
@@ -146,7 +145,7 @@ def run_e1(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
 
 
 def _plot_e1_curves(histories: dict[str, list[dict]], target: float, ref: str, path: Path) -> Path:
-    _, plt = _plt()
+    _, plt = plotting()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for name, hist in histories.items():
         for ax, key in zip(axes, ("tokens", "time"), strict=True):
@@ -159,14 +158,14 @@ def _plot_e1_curves(histories: dict[str, list[dict]], target: float, ref: str, p
     axes[0].set_ylabel("val loss (nats / token)")
     axes[1].legend(fontsize="small", loc="best")
     fig.suptitle("E1: validation loss vs tokens and wall time, per batching strategy")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_e1_throughput(rows: list[dict[str, Any]], path: Path) -> Path:
-    _, plt = _plt()
+    _, plt = plotting()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     names = [r["name"] for r in rows]
-    vals = [_num(r["tokens_per_s"]) for r in rows]
+    vals = [as_float(r["tokens_per_s"]) for r in rows]
     ax.barh(names, vals, color="tab:blue")
     for y, v in enumerate(vals):
         if math.isfinite(v):
@@ -175,7 +174,7 @@ def _plot_e1_throughput(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_xlabel("training tokens/s (median over steps; slots incl. padding)")
     ax.set_title("E1: throughput per batching strategy")
     ax.grid(alpha=0.3, axis="x")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _e1_markdown(rows: list[dict[str, Any]], reference: str, multiples: list[float]) -> str:
@@ -204,20 +203,20 @@ def _e1_markdown(rows: list[dict[str, Any]], reference: str, multiples: list[flo
             reach = ["never", "-", "-"]
         else:
             reach = [
-                _fmt(hit["time"], ".0f"),
-                _fmt(hit["tokens"], ",d"),
-                _fmt(hit["ratio_wall"], ".2f"),
+                cell(hit["time"], ".0f"),
+                cell(hit["tokens"], ",d"),
+                cell(hit["ratio_wall"], ".2f"),
             ]
         out.append(
             [
                 r["name"],
-                _fmt(r["tokens"], ",d"),
-                _fmt(r["tokens_per_s"], ",.0f"),
-                _fmt(r["wall_seconds"], ".0f"),
-                _fmt(r["train_seconds"], ".0f"),
-                _fmt(r["val_loss"], ".4f"),
-                _fmt(r["ood_loss"], ".4f"),
-                *[_fmt(r["position_band_loss"].get(b), ".3f") for b in bands],
+                cell(r["tokens"], ",d"),
+                cell(r["tokens_per_s"], ",.0f"),
+                cell(r["wall_seconds"], ".0f"),
+                cell(r["train_seconds"], ".0f"),
+                cell(r["val_loss"], ".4f"),
+                cell(r["ood_loss"], ".4f"),
+                *[cell(r["position_band_loss"].get(b), ".3f") for b in bands],
                 *reach,
             ]
         )

@@ -13,20 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from lengthwise.errors import UserError
-from lengthwise.experiments.framework import (
+from lengthwise.eval.plots import as_float, save_figure
+from lengthwise.experiments.runner import (
     Context,
-    Point,
-    _epochs,
-    _fmt,
-    _num,
-    _plt,
-    _safe,
-    _save,
+    cell,
+    epochs_begun,
     md_table,
+    plotting,
     point_minutes,
     read_records,
     train_point,
 )
+from lengthwise.experiments.spec import Point, safe_name
 
 # Adversarial carry families of `adversarial_items`, at L digits:
 #   9s+1       (10^L - 1) + 1             the second operand one digit long (as the task renders
@@ -154,7 +152,7 @@ def e2_score_point(
         "budget_minutes": point_minutes(ctx, point),
         "steps": summary["steps"],
         "tokens": summary["tokens"],
-        "epochs": _epochs(read_records(run_dir)),
+        "epochs": epochs_begun(read_records(run_dir)),
         "train_wall_seconds": summary["wall_seconds"],
         "train_cpu_seconds": summary["cpu_seconds"],
         "accuracy": [
@@ -169,7 +167,7 @@ def e2_score_point(
 
 def _acc_at(row: dict[str, Any], multiple: float) -> float:
     hit = [a["acc"] for a in row["accuracy"] if a["multiple"] == multiple]
-    return _num(hit[0]) if hit else math.nan
+    return as_float(hit[0]) if hit else math.nan
 
 
 def select_long_candidate(rows: list[dict[str, Any]], candidates: list[str], multiple: float):
@@ -211,7 +209,7 @@ def run_e2(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
     if chosen is not None:
         base = next(p for p in spec.points if p.name == chosen["name"])
         point = Point(
-            _safe(f"long_{base.name}"),
+            safe_name(f"long_{base.name}"),
             list(base.overrides),
             {**base.labels, "run": "long"},
             minutes=reserved,
@@ -280,7 +278,7 @@ def e2_targets(
 
 
 def _plot_e2(rows: list[dict[str, Any]], path: Path) -> Path:
-    _, plt = _plt()
+    _, plt = plotting()
     fig, ax = plt.subplots(figsize=(9, 5.5))
     mults = sorted({a["multiple"] for r in rows for a in r["accuracy"]})
     # a color per point (tab10 repeats after 10): the thick lines (coupling, the long run) take
@@ -290,7 +288,7 @@ def _plot_e2(rows: list[dict[str, Any]], path: Path) -> Path:
     thick = itertools.cycle(["black", "crimson", "darkviolet", "darkgoldenrod"])
     for r in rows:
         xs = [a["multiple"] for a in r["accuracy"]]
-        ys = [_num(a["acc"]) for a in r["accuracy"]]
+        ys = [as_float(a["acc"]) for a in r["accuracy"]]
         style = "--" if r["task"] != "addition" else "-"
         bold = bool(r.get("long_of")) or r["format"] == "coupled"
         color = next(thick) if bold else next(thin)
@@ -306,7 +304,7 @@ def _plot_e2(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_title("E2: accuracy vs length multiple, per grid point")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _e2_markdown(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
@@ -327,7 +325,7 @@ def _e2_markdown(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
         adv = r["adversarial"]
         fams = "-"
         if adv:
-            fams = " / ".join(_fmt(adv["by_family"][f]["acc"], ".2f") for f in ADVERSARIAL)
+            fams = " / ".join(cell(adv["by_family"][f]["acc"], ".2f") for f in ADVERSARIAL)
         out.append(
             [
                 r["name"],
@@ -335,8 +333,8 @@ def _e2_markdown(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
                 r["format"],
                 r["position"],
                 f"{r['train_cpu_seconds'] / 60:.1f} ({r['train_wall_seconds'] / 60:.1f})",
-                *[_fmt(_acc_at(r, m), ".2f") for m in mults],
-                _fmt(adv["acc"], ".2f") if adv else "-",
+                *[cell(_acc_at(r, m), ".2f") for m in mults],
+                cell(adv["acc"], ".2f") if adv else "-",
                 fams,
             ]
         )
@@ -345,7 +343,7 @@ def _e2_markdown(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
     if t["best"]:
         b = t["best"]
         notes.append(
-            f"- Best recipe `{b['point']}`: {_fmt(b['acc'], '.3f')} at {b['multiple']:g}x after "
+            f"- Best recipe `{b['point']}`: {cell(b['acc'], '.3f')} at {b['multiple']:g}x after "
             f"{b['train_cpu_minutes']:.1f} CPU minutes of training; target >= {b['target_acc']:g} "
             f"within {b['target_cpu_minutes']:g} CPU minutes: {'met' if b['met'] else 'NOT met'}."
         )
@@ -354,7 +352,7 @@ def _e2_markdown(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
         notes.append(
             f"- General recipe, long run `{g['point']}` (the best of "
             f"{', '.join(results['long_run']['candidates'])} at {g['multiple']:g}x in the grid, "
-            f"retrained from scratch): {_fmt(g['acc'], '.3f')} at {g['multiple']:g}x after "
+            f"retrained from scratch): {cell(g['acc'], '.3f')} at {g['multiple']:g}x after "
             f"{g['train_cpu_minutes']:.1f} CPU minutes."
         )
     n = results["items_per_multiple"]

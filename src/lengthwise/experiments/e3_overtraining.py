@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from lengthwise.errors import UserError
-from lengthwise.experiments.framework import (
+from lengthwise.eval.plots import as_float, save_figure
+from lengthwise.experiments.runner import (
     Context,
-    _fmt,
-    _num,
-    _plt,
-    _save,
+    cell,
     md_table,
+    plotting,
     read_records,
     train_point,
 )
@@ -75,7 +74,7 @@ def mean_train_loss(records: list[dict[str, Any]], step: int, k: int = 5) -> flo
     vals = [
         r["loss"]
         for r in records
-        if r["event"] == "train" and r["step"] <= step and math.isfinite(_num(r["loss"]))
+        if r["event"] == "train" and r["step"] <= step and math.isfinite(as_float(r["loss"]))
     ][-k:]
     return statistics.mean(vals) if vals else None
 
@@ -85,7 +84,7 @@ def run_e3(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
     from lengthwise.io import atomic_write_text
 
     spec = ctx.spec
-    plots, _ = _plt()
+    plots, _ = plotting()
     rows, run_dirs = [], []
     items = None
     for point in spec.points:
@@ -172,11 +171,11 @@ def _train_slots_per_epoch(cfg: Any) -> int:
 def _best_eval(evals: list[dict[str, Any]], metric: str | None) -> dict[str, Any] | None:
     from lengthwise.train.monitor import direction
 
-    ok = [e for e in evals if metric and math.isfinite(_num(e.get(metric)))]
+    ok = [e for e in evals if metric and math.isfinite(as_float(e.get(metric)))]
     if not ok:
         return None
     sign = 1.0 if direction(metric) == "min" else -1.0
-    return min(ok, key=lambda e: sign * _num(e[metric]))
+    return min(ok, key=lambda e: sign * as_float(e[metric]))
 
 
 def _first_alert(alerts: list[dict[str, Any]], metric: str | None) -> dict[str, Any] | None:
@@ -207,13 +206,13 @@ def _eval_summary(
 def _plot_e3_accuracy(rows: list[dict[str, Any]], path: Path) -> Path:
     import numpy as np
 
-    _, plt = _plt()
+    _, plt = plotting()
     sets = ("seen", "fresh", "long")
     fig, axes = plt.subplots(1, len(sets), figsize=(12, 4.5), sharey=True)
     x = np.arange(len(rows))
     for ax, s in zip(axes, sets, strict=True):
         for k, which in enumerate(("best", "last")):
-            vals = [_num(r["accuracy"][which][s]["acc"]) for r in rows]
+            vals = [as_float(r["accuracy"][which][s]["acc"]) for r in rows]
             ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, label=f"{which} checkpoint")
         ax.set_xticks(x)
         ax.set_xticklabels([r["name"] for r in rows], rotation=30, ha="right", fontsize="small")
@@ -223,7 +222,7 @@ def _plot_e3_accuracy(rows: list[dict[str, Any]], path: Path) -> Path:
     axes[0].set_ylabel("exact-match accuracy")
     axes[0].legend(fontsize="small")
     fig.suptitle("E3: best (restored) vs last checkpoint")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _e3_markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
@@ -250,18 +249,18 @@ def _e3_markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         out.append(
             [
                 r["name"],
-                _fmt(r["l1"], "g"),
-                _fmt(r["l2"], "g"),
+                cell(r["l1"], "g"),
+                cell(r["l2"], "g"),
                 f"{r['resid_dropout']:g}/{r['attn_dropout']:g}",
                 "early" if r["stop_reason"] == "early_stopping" else r["stop_reason"],
-                _fmt(r["steps"], ",d"),
-                _fmt(r["epochs"], ".0f"),
-                _fmt(r["best_step"], "d"),
+                cell(r["steps"], ",d"),
+                cell(r["epochs"], ".0f"),
+                cell(r["best_step"], "d"),
                 f"{fa['metric']} @ {fa['step']}" if fa else "none",
-                f"{_fmt(b['train_loss'], '.3f')} -> {_fmt(last['train_loss'], '.3f')}",
-                f"{_fmt(b['ood_loss'], '.3f')} -> {_fmt(last['ood_loss'], '.3f')}",
+                f"{cell(b['train_loss'], '.3f')} -> {cell(last['train_loss'], '.3f')}",
+                f"{cell(b['ood_loss'], '.3f')} -> {cell(last['ood_loss'], '.3f')}",
                 *[
-                    f"{_fmt(a['best'][s]['acc'], '.3f')} / {_fmt(a['last'][s]['acc'], '.3f')}"
+                    f"{cell(a['best'][s]['acc'], '.3f')} / {cell(a['last'][s]['acc'], '.3f')}"
                     for s in ("seen", "fresh", "long")
                 ],
             ]

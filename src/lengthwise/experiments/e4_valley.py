@@ -10,14 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lengthwise.experiments.framework import (
+from lengthwise.eval.plots import as_float, save_figure
+from lengthwise.experiments.runner import (
     Context,
-    _epochs,
-    _fmt,
-    _num,
-    _plt,
-    _save,
+    cell,
+    epochs_begun,
     md_table,
+    plotting,
     read_records,
     train_point,
 )
@@ -61,7 +60,7 @@ def run_e4(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
                 "format": src.format,
                 "steps": summary["steps"],
                 "tokens": summary["tokens"],
-                "epochs": _epochs(read_records(run_dir)),
+                "epochs": epochs_begun(read_records(run_dir)),
                 "train_wall_seconds": summary["wall_seconds"],
                 "train_cpu_seconds": summary["cpu_seconds"],
                 "eval_wall_seconds": round(time.time() - t0, 1),
@@ -98,7 +97,7 @@ def critical_moves_right(sizes: list[tuple[int, int | None]]) -> bool | None:
 
 
 def _plot_e4(rows: list[dict[str, Any]], path: Path) -> Path:
-    _, plt = _plt()
+    _, plt = plotting()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     for k, r in enumerate(rows):
         color = f"C{k}"
@@ -106,13 +105,13 @@ def _plot_e4(rows: list[dict[str, Any]], path: Path) -> Path:
         x = [lv["level"] for lv in levels]
         label = f"{r['name']} ({r['model']}, {r['params'] / 1e6:.2f}M)"
         by = r["critical_by"]
-        axes[0].plot(x, [_num(lv[by]) for lv in levels], "o-", color=color, label=label)
-        axes[0].plot(x, [_num(lv["abs_gap"]) for lv in levels], ":", color=color, alpha=0.7)
+        axes[0].plot(x, [as_float(lv[by]) for lv in levels], "o-", color=color, label=label)
+        axes[0].plot(x, [as_float(lv["abs_gap"]) for lv in levels], ":", color=color, alpha=0.7)
         if r["critical"]:
             c = r["critical"]
-            axes[0].plot([c["level"]], [_num(c[by])], "*", ms=16, color=color)
-        axes[1].plot(x, [_num(lv["id_acc"]) for lv in levels], "o-", color=color, label=label)
-        axes[1].plot(x, [_num(lv["ood_acc"]) for lv in levels], "s--", color=color)
+            axes[0].plot([c["level"]], [as_float(c[by])], "*", ms=16, color=color)
+        axes[1].plot(x, [as_float(lv["id_acc"]) for lv in levels], "o-", color=color, label=label)
+        axes[1].plot(x, [as_float(lv["ood_acc"]) for lv in levels], "s--", color=color)
     if rows:
         levels = rows[0]["levels"]
         for ax in axes:
@@ -128,7 +127,7 @@ def _plot_e4(rows: list[dict[str, Any]], path: Path) -> Path:
     axes[0].set_title("ID - OOD gap by complexity, per model size")
     axes[1].set_title("ID and OOD accuracy")
     fig.suptitle("E4: generalization valley across model sizes")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _e4_markdown(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
@@ -141,9 +140,9 @@ def _e4_markdown(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
             [
                 r["name"],
                 r["model"],
-                _fmt(r["params"], ",d"),
-                _fmt(r["tokens"], ",d"),
-                _fmt(r["epochs"], "d"),
+                cell(r["params"], ",d"),
+                cell(r["tokens"], ",d"),
+                cell(r["epochs"], "d"),
                 f"{r['train_cpu_seconds'] / 60:.1f} ({r['train_wall_seconds'] / 60:.1f})",
                 f"{c['complexity']} (L{c['level']}, {by} {c[by]:.3f})" if c else "none",
             ]
@@ -166,10 +165,10 @@ def _e4_markdown(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
                 f"{lv['level']}" + (" (critical)" if lv["level"] == crit else ""),
                 lv["complexity"],
                 ", ".join(lv["tasks"]),
-                _fmt(lv["id_acc"], ".3f"),
-                _fmt(lv["ood_acc"], ".3f"),
-                _fmt(lv["abs_gap"], ".3f"),
-                _fmt(lv["rel_gap"], ".3f"),
+                cell(lv["id_acc"], ".3f"),
+                cell(lv["ood_acc"], ".3f"),
+                cell(lv["abs_gap"], ".3f"),
+                cell(lv["rel_gap"], ".3f"),
             ]
             for lv in r["levels"]
         ]

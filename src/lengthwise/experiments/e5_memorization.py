@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from lengthwise.errors import UserError
-from lengthwise.experiments.framework import (
+from lengthwise.eval.plots import save_figure
+from lengthwise.experiments.runner import (
     Context,
-    _fmt,
-    _plt,
-    _save,
+    cell,
     md_table,
+    plotting,
     train_point,
 )
 
@@ -164,7 +164,7 @@ def run_e5(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
 
 
 def _plot_e5_frequencies(rows: list[dict[str, Any]], path: Path) -> Path:
-    _, plt = _plt()
+    _, plt = plotting()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for r in rows:
         data = json.loads(Path(r["memorization_json"]).read_text())
@@ -175,7 +175,7 @@ def _plot_e5_frequencies(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_title("E5: how skewed the training frequencies of the evaluated items are")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _ci(c: dict[str, Any] | None, key: str) -> str:
@@ -206,10 +206,10 @@ def _e5_markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
             [
                 r["name"],
                 r["train_source"],
-                _fmt(r["train_items"], ",d"),
-                _fmt(r["n_items"], ",d"),
-                _fmt(r["accuracy"], ".3f"),
-                f"{_fmt(f['min'], 'g')} / {_fmt(f['median'], 'g')} / {_fmt(f['max'], 'g')}",
+                cell(r["train_items"], ",d"),
+                cell(r["n_items"], ",d"),
+                cell(r["accuracy"], ".3f"),
+                f"{cell(f['min'], 'g')} / {cell(f['median'], 'g')} / {cell(f['max'], 'g')}",
                 _ci(r["pearson"], "r"),
                 _ci(r["spearman"], "rho"),
                 (

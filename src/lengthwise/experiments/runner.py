@@ -1,11 +1,11 @@
-"""The shared machinery of ``lengthwise experiment``: the spec (an experiment's YAML and its
-grid), each point's budget, training a point, reading its metrics, the outputs (results.json,
-results.md, report.html), table and plot helpers, and `run_experiment`, which calls the
-experiment's runner from ``RUNNERS`` (filled in by the package ``__init__``)."""
+"""Running an experiment: each point's budget and config, training it, reading its records,
+the outputs every experiment writes (results.json, results.md, report.html), the table and plot
+helpers the experiment modules share, and `run`, which calls one experiment's runner
+(lengthwise.experiments.registry names them)."""
 
 from __future__ import annotations
 
-import itertools
+import inspect
 import json
 import math
 import os
@@ -20,153 +20,13 @@ from typing import Any
 
 import yaml
 
-from lengthwise.config import read_yaml_mapping
 from lengthwise.errors import UserError
+from lengthwise.experiments.spec import Point, Spec
+from lengthwise.io import atomic_write_text, check_folder_path, check_replaceable
+from lengthwise.rundir import RunDir
 
-IMPLEMENTED = {
-    "E1": "e1_efficiency.yaml",
-    "E2": "e2_length_generalization.yaml",
-    "E3": "e3_overtraining.yaml",
-    "E4": "e4_valley.yaml",
-    "E5": "e5_memorization.yaml",
-}
-CHOICES = tuple(sorted(IMPLEMENTED))
-# src/lengthwise/experiments/framework.py -> the checkout
-REPO = Path(__file__).resolve().parents[3]
-
-
-# ---------------------------------------------------------------------- spec (the YAML)
-
-
-@dataclass
-class Point:
-    """One grid point: a name (its run directory) and the overrides that define it. `minutes`
-    gives the point a fixed training budget of its own (else it shares what the budget leaves
-    after the fixed points), `tokens_per_second` its own rate estimate (else the spec's)."""
-
-    name: str
-    overrides: list[str]
-    labels: dict[str, str] = field(default_factory=dict)  # axis -> value label, for tables
-    minutes: float | None = None
-    tokens_per_second: float | None = None
-
-
-@dataclass
-class Spec:
-    experiment: str
-    title: str
-    question: str
-    path: Path
-    base: Path | None  # a config file, or
-    config: dict[str, Any] | None  # an inline config
-    overrides: list[str]
-    points: list[Point]
-    budget_minutes: float
-    tokens_per_second: float
-    evals_per_run: int
-    eval_every_tokens: int | None
-    threads: int | None
-    settings: dict[str, Any]
-    quick: bool
-
-
-def experiments_dir() -> Path:
-    """The folder of the experiment YAMLs: the checkout's experiments/, else ./experiments."""
-    for d in (REPO / "experiments", Path.cwd() / "experiments"):
-        if d.is_dir():
-            return d
-    return REPO / "experiments"
-
-
-def spec_path(experiment: str) -> Path:
-    return experiments_dir() / IMPLEMENTED[experiment]
-
-
-def expand_grid(raw: Any, where: str) -> list[Point]:
-    """A grid is a list of points ``{name, overrides}`` or ``{product: [axis, ...]}`` with axes
-    ``{axis: NAME, values: {LABEL: [overrides...]}}``; a product point is named
-    ``AXIS-LABEL_AXIS-LABEL``."""
-    if isinstance(raw, dict) and "product" in raw:
-        axes = raw["product"]
-        if not isinstance(axes, list) or not axes:
-            raise UserError(f"{where}: grid.product must be a non-empty list of axes")
-        options = []
-        for ax in axes:
-            if (
-                not isinstance(ax, dict)
-                or "axis" not in ax
-                or not isinstance(ax.get("values"), dict)
-            ):
-                raise UserError(f"{where}: each grid.product axis needs 'axis' and 'values'")
-            options.append([(ax["axis"], str(k), list(v or [])) for k, v in ax["values"].items()])
-        points = []
-        for combo in itertools.product(*options):
-            name = "_".join(f"{a}-{label}" for a, label, _ in combo)
-            overrides = [o for _, _, ov in combo for o in ov]
-            points.append(Point(_safe(name), overrides, {a: label for a, label, _ in combo}))
-        return points
-    if not isinstance(raw, list) or not raw:
-        raise UserError(f"{where}: grid must be a non-empty list of points or {{product: ...}}")
-    points = []
-    for p in raw:
-        if not isinstance(p, dict) or "name" not in p:
-            raise UserError(f"{where}: each grid point needs a 'name'")
-        labels = {str(k): str(v) for k, v in (p.get("labels") or {}).items()}
-        extra = {}
-        for key in ("minutes", "tokens_per_second"):
-            if p.get(key) is not None:
-                if not isinstance(p[key], int | float) or isinstance(p[key], bool) or p[key] <= 0:
-                    raise UserError(f"{where}: point {p['name']}: {key} must be a number > 0")
-                extra[key] = float(p[key])
-        points.append(Point(_safe(str(p["name"])), list(p.get("overrides") or []), labels, **extra))
-    names = [p.name for p in points]
-    if len(set(names)) != len(names):
-        raise UserError(f"{where}: grid point names must be unique, got {names}")
-    return points
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name)
-
-
-def load_spec(path: Path, experiment: str, quick: bool = False) -> Spec:
-    path = Path(path)
-    raw = read_yaml_mapping(path, "experiment")
-    if raw.get("experiment", experiment) != experiment:
-        raise UserError(f"{path}: is experiment {raw.get('experiment')}, not {experiment}")
-    if ("base" in raw) == ("config" in raw):
-        raise UserError(f"{path}: needs exactly one of 'base' (a config file) or 'config'")
-    q = raw.get("quick") or {}
-    pick = (lambda k, d=None: q.get(k, raw.get(k, d))) if quick else raw.get  # noqa: E731
-    overrides = list(raw.get("overrides") or []) + (list(q.get("overrides") or []) if quick else [])
-    grid = q["grid"] if quick and "grid" in q else raw.get("grid")
-    base = None
-    if "base" in raw:
-        base = Path(raw["base"])
-        if not base.is_absolute():
-            base = base if base.is_file() else (REPO / base)
-        if not base.is_file():
-            raise UserError(f"{path}: base config {raw['base']} not found")
-    settings = dict(raw.get("settings") or {})
-    if quick:
-        settings.update(q.get("settings") or {})
-    return Spec(
-        experiment=experiment,
-        title=str(raw.get("title", experiment)),
-        question=str(raw.get("question", "")),
-        path=path,
-        base=base,
-        config=raw.get("config"),
-        overrides=overrides,
-        points=expand_grid(grid, str(path)),
-        budget_minutes=float(pick("budget_minutes", 10.0)),
-        tokens_per_second=float(pick("tokens_per_second", 3000.0)),
-        evals_per_run=int(pick("evals_per_run", 16)),
-        eval_every_tokens=int(pick("eval_every_tokens", 0)) or None,
-        threads=int(pick("threads", 0)) or None,
-        settings=settings,
-        quick=quick,
-    )
+# what an experiment's runner returns: (results for results.json, markdown tables, run folders)
+Runner = Callable[["Context"], tuple[dict[str, Any], str, list[Path]]]
 
 
 # ---------------------------------------------------------------------- running points
@@ -174,6 +34,10 @@ def load_spec(path: Path, experiment: str, quick: bool = False) -> Spec:
 
 @dataclass
 class Context:
+    """What an experiment's runner works with: its spec, its output folder (OUT/EXP), the
+    command line and budget for results.md, a log function, and what it collects on the way
+    (data folders prepared, warnings for results.json)."""
+
     spec: Spec
     exp_dir: Path
     command: str
@@ -290,7 +154,8 @@ def train_point(ctx: Context, point: Point, extra: list[str] | None = None):
     cfg = point_config(ctx, point, extra)
     prepare_data(ctx, cfg.data)
     run_dir = Path(cfg.train.out_dir)
-    if (run_dir / "config.yaml").is_file():  # our own earlier run of this point
+    check_run_folder(run_dir)
+    if RunDir(run_dir).is_run():  # our own earlier run of this point
         shutil.rmtree(run_dir)
     ctx.log(f"[{ctx.spec.experiment}] {point.name}: training {cfg.train.total_tokens:,} tokens")
     t0, c0 = time.time(), time.process_time()
@@ -305,23 +170,26 @@ def train_point(ctx: Context, point: Point, extra: list[str] | None = None):
     return run_dir, cfg, summary
 
 
+def check_run_folder(run_dir: Path) -> None:
+    """A point's run folder is replaced only when it is absent, empty or an earlier run
+    (config.yaml): a folder of the user's under that name is refused, never deleted."""
+    check_replaceable(
+        run_dir,
+        lambda p: RunDir(p).is_run(),
+        "a lengthwise run",
+        remedy="move it or choose another --out",
+    )
+
+
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
-    from lengthwise.rundir import read_metrics
+    """Every metrics.jsonl record of a run (lengthwise.rundir.RunDir.metrics)."""
+    return RunDir(run_dir).metrics()
 
-    return read_metrics(run_dir)
 
-
-def _epochs(records: list[dict[str, Any]]) -> int | None:
+def epochs_begun(records: list[dict[str, Any]]) -> int | None:
     """Passes over the training set begun: the epoch of the last train record, plus one."""
     epochs = [r["epoch"] for r in records if r["event"] == "train" and "epoch" in r]
     return int(epochs[-1]) + 1 if epochs else None
-
-
-def _num(x: Any) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _clean(x: Any) -> Any:
@@ -337,7 +205,9 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def _fmt(x: Any, spec: str = ".4f", none: str = "-") -> str:
+def cell(x: Any, spec: str = ".4f", none: str = "-") -> str:
+    """A table cell: `x` formatted with `spec`; `none` for None, NaN and inf; ints with
+    thousands separators under a fixed-point spec."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return none
     if isinstance(x, int) and spec.endswith("f"):
@@ -346,6 +216,7 @@ def _fmt(x: Any, spec: str = ".4f", none: str = "-") -> str:
 
 
 def md_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A markdown table (results.md)."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -369,8 +240,6 @@ def write_outputs(
     ctx: Context, results: dict[str, Any], tables_md: str, run_dirs: list[Path]
 ) -> None:
     """results.json, results.md and (when the report module exists) report.html."""
-    from lengthwise.io import atomic_write_text
-
     env = results["environment"]
     n = env["threads"]
     where = "GPU " + env["cuda"] if env["cuda"] else f"CPU, {n} thread{'s' if n != 1 else ''}"
@@ -413,32 +282,24 @@ def write_outputs(
 
 
 def _params(fn: Callable[..., Any]) -> set[str]:
-    import inspect
-
     try:
         return set(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         return set()
 
 
-def _plt():
+def plotting() -> tuple[Any, Any]:
+    """(lengthwise.eval.plots, matplotlib.pyplot), imported on first use: matplotlib costs
+    ~0.5 s to import, which a command that only validates its input should not pay (the
+    plots module selects the Agg backend)."""
     import matplotlib.pyplot as plt
 
-    from lengthwise.eval import plots  # selects the Agg backend before pyplot
+    from lengthwise.eval import plots
 
     return plots, plt
 
 
-def _save(fig: Any, path: Path) -> Path:
-    plots, plt = _plt()
-    return plots.save_figure(fig, path)
-
-
 # ---------------------------------------------------------------------- entry point
-
-# experiment -> runner; filled in by lengthwise.experiments (the package __init__), which
-# imports the runner modules (they import this one)
-RUNNERS: dict[str, Callable[[Context], tuple[dict[str, Any], str, list[Path]]]] = {}
 
 
 def command_line(
@@ -456,37 +317,39 @@ def command_line(
     return shlex.join(parts)
 
 
-def run_experiment(
-    experiment: str,
-    quick: bool = False,
+def run(
+    spec: Spec,
+    runner: Runner,
+    command: str,
     budget_minutes: float | None = None,
     out: Path | None = None,
-    spec_file: Path | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Run one experiment end to end; returns the results written to OUT/EXP/results.json."""
-    if experiment not in IMPLEMENTED:
-        raise UserError(f"experiment {experiment}: not implemented yet")
-    spec = load_spec(spec_file or spec_path(experiment), experiment, quick)
+    """Run `spec` with its experiment's `runner` into OUT/EXP/ and write the outputs; returns
+    the results written to results.json. Every check that can fail (the output folder, the
+    budget, the points' run folders) runs before any work."""
+    experiment = spec.experiment
     if budget_minutes is not None and not budget_minutes > 0:
         raise UserError(f"--budget-minutes must be > 0, got {budget_minutes}")
     exp_dir = Path(out or "runs/experiments") / experiment
-    exp_dir.mkdir(parents=True, exist_ok=True)
+    check_folder_path(exp_dir.parent, "--out")
+    check_folder_path(exp_dir, "--out")
+    for point in spec.points:
+        check_run_folder(exp_dir / "runs" / point.name)
     ctx = Context(
         spec=spec,
         exp_dir=exp_dir,
-        command=command_line(experiment, quick, budget_minutes, out, spec_file),
+        command=command,
         budget_minutes=budget_minutes if budget_minutes is not None else spec.budget_minutes,
         quiet=quiet,
         log=(lambda _m: None) if quiet else print,
     )
     if any(p.minutes is None for p in spec.points):
         point_minutes(ctx)  # a budget below the fixed minutes fails here, before any training
+    exp_dir.mkdir(parents=True, exist_ok=True)
     if spec.base is not None:
         ctx.base_path = spec.base
     else:
-        from lengthwise.io import atomic_write_text
-
         ctx.base_path = exp_dir / "base_config.yaml"
         text = yaml.safe_dump(spec.config, sort_keys=False).replace("{exp_dir}", str(exp_dir))
         atomic_write_text(ctx.base_path, text)
@@ -498,7 +361,7 @@ def run_experiment(
     try:
         start = time.time()
         env = environment()
-        results, tables, run_dirs = RUNNERS[experiment](ctx)
+        results, tables, run_dirs = runner(ctx)
     finally:
         torch.set_num_threads(threads)
     results = {
@@ -507,7 +370,7 @@ def run_experiment(
         "command": ctx.command,
         "out_dir": str(exp_dir),
         "spec": str(spec.path),
-        "quick": quick,
+        "quick": spec.quick,
         "budget_minutes": ctx.budget_minutes,
         "tokens_per_second_estimate": spec.tokens_per_second,
         "grid": [asdict(p) for p in spec.points],
