@@ -239,11 +239,13 @@ class Trainer:
                 "another train.out_dir"
             )
         if last is not None:
-            check_resumable(self.run, self.cfg)
+            saved = check_resumable(self.run, self.cfg)
             state = checkpoint.load(last, self.model_plain, self.optimizer)
             self.loader.load_state_dict(state["loader"])
             checkpoint.set_rng_state(state["rng"])
             self.counters = Counters(**state["counters"])
+            if saved is not None:
+                self._move_cadences(saved)
             self.evaluation.load_state_dict(state)
             self._seq_lens = list(state.get("seq_lens", []))
             self.checkpointer.saved_at = self.counters.step
@@ -262,6 +264,21 @@ class Trainer:
             shutil.copyfile(self.cfg.data.out_dir / "tokenizer.json", self.run.tokenizer_path)
         barrier()
         return None
+
+    def _move_cadences(self, saved: Config) -> None:
+        """A resume that changes eval.every_tokens or train.checkpoint_every_tokens: the next
+        one comes the new interval after the last one (not at the mark the old interval set)."""
+        c, now = self.counters, self.cfg
+        for attr, old, new in (
+            ("next_eval", saved.eval.every_tokens, now.eval.every_tokens),
+            (
+                "next_checkpoint",
+                saved.train.checkpoint_every_tokens,
+                now.train.checkpoint_every_tokens,
+            ),
+        ):
+            if old != new:
+                setattr(c, attr, getattr(c, attr) - old + new)
 
     def _finished_summary(self) -> dict[str, Any] | None:
         """The summary of a run that ended (completed or stopped early) at the checkpoint just
@@ -505,30 +522,34 @@ def check_tokenizer(path: Path, store: TokenStore) -> None:
         raise UserError(f"{problem}; restore it or rerun `lengthwise prepare --overwrite`")
 
 
-# what a checkpoint's weights and data position depend on: a resume must not change these
-_FIXED_ON_RESUME = ("data", "batching", "model")
+# what a checkpoint's weights, data position and budget depend on: a resume must not change them
+_FIXED_ON_RESUME = ("data", "batching", "model", "train.budget_unit")
 
 
-def check_resumable(run: RunDir, cfg: Config) -> None:
+def check_resumable(run: RunDir, cfg: Config) -> Config | None:
     """Refuse (one line, before anything is written) a --resume whose config changes what the
     checkpoint was trained with; other settings (budget, learning rate, eval, monitor, ...) may
-    change, and the new config is written once the checkpoint has loaded."""
+    change, and the new config is written once the checkpoint has loaded. Returns the run's
+    saved config (None for a folder without config.yaml: the checkpoint load decides)."""
     if not run.config_path.is_file():
-        return  # a folder from before config.yaml existed: the checkpoint load decides
-    saved = run.config().model_dump(mode="json")
-    now = cfg.model_dump(mode="json")
-    changed = [
-        f"{key} ({a!r} -> {b!r})"
-        for section in _FIXED_ON_RESUME
-        for key, a, b in _differences(saved[section], now[section], section)
-    ]
+        return None
+    saved = run.config()
+    before, now = saved.model_dump(mode="json"), cfg.model_dump(mode="json")
+    changed = []
+    for key in _FIXED_ON_RESUME:
+        section, _, name = key.partition(".")
+        a, b = before[section], now[section]
+        if name:
+            a, b = a.get(name), b.get(name)
+        changed += [f"{k} ({x!r} -> {y!r})" for k, x, y in _differences(a, b, key)]
     if changed:
         more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
         raise UserError(
             f"{run.config_path}: --resume with a different {changed[0]}{more}; the checkpoint "
-            f"was trained with the run's {'/'.join(_FIXED_ON_RESUME)} settings: resume without "
+            f"was trained with the run's {', '.join(_FIXED_ON_RESUME)}: resume without "
             "changing them, or train into another train.out_dir"
         )
+    return saved
 
 
 def _differences(a: Any, b: Any, key: str) -> list[tuple[str, Any, Any]]:
