@@ -34,9 +34,14 @@ def _umask() -> int:
 
 
 def apply_umask(path: Path) -> None:
-    """Give `path` the mode a plain `open`/`mkdir` would have given it (0644/0755 under 022)."""
-    mode = 0o777 if path.is_dir() else 0o666
-    path.chmod(mode & ~_umask())
+    """Give `path`, and everything in it if it is a folder, the modes a plain `open`/`mkdir`
+    would have given (0644/0755 under umask 022): mkstemp, mkdtemp and some writers
+    (safetensors: 0600) do not."""
+    mask = _umask()
+    entries = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    for p in entries:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def _tmp_prefix(dest: Path) -> str:
