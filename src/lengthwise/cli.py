@@ -172,9 +172,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lengthwise.io import check_folder_path
 
     cfg = suites.run_config(args.target, args.config)
-    out = args.out or (
-        args.target / "eval" if (args.target / "config.yaml").is_file() else Path("eval_out")
-    )
+    from lengthwise.rundir import RunDir
+
+    run = RunDir(args.target)
+    out = args.out or (run.eval_dir if run.is_run() else Path("eval_out"))
     check_folder_path(out, "--out")
     suites.check_device(args.device)
     created = not out.exists()

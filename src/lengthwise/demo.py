@@ -525,7 +525,7 @@ def _lengths_suite(
     from lengthwise.eval import suites
 
     cfg = suites.run_config(run_dir, None)
-    out = run_dir / "eval"  # where `lengthwise eval RUN` writes, and `lengthwise report` reads
+    out = RunDir(run_dir).eval_dir  # where `lengthwise eval RUN` writes, `lengthwise report` reads
     out.mkdir(parents=True, exist_ok=True)
     with demo.ticker("eval --suite lengths", expect_s):
         lm = suites.load_lm(run_dir, device="cpu")

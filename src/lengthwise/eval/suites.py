@@ -31,6 +31,7 @@ from lengthwise.errors import UserError
 from lengthwise.eval.accuracy import answer_budget, score_items
 from lengthwise.eval.lm import EvalLM
 from lengthwise.io import atomic_write_text
+from lengthwise.rundir import RunDir
 from lengthwise.tasks import Item, generate_items, get_task
 
 SUITES = ("lengths", "valley", "memorization")
@@ -61,8 +62,9 @@ def load_lm(target: Path, device: str = "cpu", prompt_template: str = "{prompt}"
     check_device(device)
     target = Path(target)
     name = target.name
-    if (target / "config.yaml").is_file() and (target / "export").is_dir():
-        target = target / "export"  # named after the run, not "export"
+    run = RunDir(target)
+    if run.is_run() and run.export_dir.is_dir():
+        target = run.export_dir  # named after the run, not "export"
     meta_path = target / "config.json"
     if not meta_path.is_file():
         raise UserError(f"{target}: not a run, an export folder or a Hugging Face model folder")
@@ -86,8 +88,8 @@ def run_config(target: Path, config: Path | None) -> Config:
 
     if config is not None:
         return load_config(config)
-    if (Path(target) / "config.yaml").is_file():
-        return load_config(Path(target) / "config.yaml")
+    if RunDir(target).is_run():
+        return RunDir(target).config()
     raise UserError(f"{target}: not a run directory; pass --config (the training data config)")
 
 

@@ -19,6 +19,7 @@ from lengthwise.experiments.runner import (
     read_records,
     train_point,
 )
+from lengthwise.rundir import RunDir
 
 
 def eval_durations(records: list[dict[str, Any]]) -> list[float]:
@@ -95,7 +96,7 @@ def run_e1(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
         records = read_records(run_dir)
         lm = suites.load_lm(run_dir)
         lengths, _ = suites.suite_lengths(
-            lm, cfg, run_dir / "eval", multiples, text_split=text_split, n_docs=n_docs
+            lm, cfg, RunDir(run_dir).eval_dir, multiples, text_split=text_split, n_docs=n_docs
         )
         text = lengths.get("text", {})
         curves[point.name] = text.get("per_position_loss", [])

@@ -25,6 +25,7 @@ from lengthwise.experiments.runner import (
     train_point,
 )
 from lengthwise.experiments.spec import Point, safe_name
+from lengthwise.rundir import RunDir
 
 # Adversarial carry families of `adversarial_items`, at L digits:
 #   9s+1       (10^L - 1) + 1             the second operand one digit long (as the task renders
@@ -128,7 +129,7 @@ def e2_score_point(
     adversarial = None
     if src.task == "addition":
         lengths = [r["length"] for r in rows]
-        path = run_dir / "eval" / "e2_adversarial.json"
+        path = RunDir(run_dir).eval_dir / "e2_adversarial.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         adversarial = score_adversarial(lm, lengths, src.format, s, src.params, path)
     m = cfg.model

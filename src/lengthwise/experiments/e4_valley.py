@@ -20,6 +20,7 @@ from lengthwise.experiments.runner import (
     read_records,
     train_point,
 )
+from lengthwise.rundir import RunDir
 
 
 def run_e4(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
@@ -37,7 +38,7 @@ def run_e4(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
         run_dir, cfg, summary = train_point(ctx, point)
         run_dirs.append(run_dir)
         lm = suites.load_lm(run_dir)
-        out = run_dir / "eval"
+        out = RunDir(run_dir).eval_dir
         out.mkdir(parents=True, exist_ok=True)
         t0, c0 = time.time(), time.process_time()
         result, _ = suites.suite_valley(lm, cfg, out, n=n, batch_size=batch)

@@ -18,6 +18,7 @@ from lengthwise.experiments.runner import (
     plotting,
     train_point,
 )
+from lengthwise.rundir import RunDir
 
 
 def skewed_items(settings: dict[str, Any]) -> list[Any]:
@@ -119,7 +120,7 @@ def run_e5(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
         run_dir, cfg, summary = train_point(ctx, point)
         run_dirs.append(run_dir)
         lm = suites.load_lm(run_dir)
-        out = run_dir / "eval"
+        out = RunDir(run_dir).eval_dir
         out.mkdir(parents=True, exist_ok=True)
         src = cfg.data.splits["train"]
         if src.kind == "task":  # the suite itself: lengthwise eval RUN --suite memorization
