@@ -53,6 +53,28 @@ def _e5_quick_point() -> str:
     return ex.load_spec(ex.spec_path("E5"), "E5", quick=True).points[0].name
 
 
+def _copy_run(paths: dict[str, Path]) -> None:
+    """{run_copy}: a copy of the trained run; {run_copy_cfg}: its config, training into it."""
+    import shutil
+
+    import yaml
+
+    copy = paths["tmp"] / "run_copy"
+    shutil.copytree(paths["run"], copy)
+    tree = yaml.safe_load((copy / "config.yaml").read_text())
+    tree["train"]["out_dir"] = str(copy)
+    (copy / "config.yaml").write_text(yaml.safe_dump(tree))
+    paths["run_copy"], paths["run_copy_cfg"] = copy, copy / "config.yaml"
+
+
+def _edit_manifest(paths: dict[str, Path], edit: Callable[[dict], object]) -> None:
+    _copy_run(paths)
+    manifest = next((paths["run_copy"] / "checkpoints").glob("step-*/manifest.json"))
+    tree = json.loads(manifest.read_text())
+    edit(tree)
+    manifest.write_text(json.dumps(tree))
+
+
 TRAIN = ("{tmp}/run_new",)  # the config's train.out_dir: a refused train writes nothing
 EVAL = ["eval", "{run}", "--suite", "lengths", "--out", "{tmp}/ev"]
 CUDA = torch.cuda.is_available()
@@ -95,6 +117,44 @@ CASES = {
         ["train", "{cfg}", "model.position=learned", "model.random_positions_max=100"],
         "random_positions_max=100 need max_position >= 100, got 64",
     ),
+    "vocab smaller than the tokenizer": Case(
+        ["train", "{cfg}", "model.vocab_size=10"],
+        "model.vocab_size: 10 is smaller than the tokenizer's",
+        TRAIN,
+    ),
+    "best metric unknown": Case(  # checked before any work, not at the first eval
+        ["train", "{cfg}", "train.best_metric=val/acc", "eval.sets=[{{name: val, split: val}}]"],
+        "train.best_metric: 'val/acc' is not an eval metric (the eval sets log val/loss, val/ppl)",
+        TRAIN,
+    ),
+    "early-stopping metric unknown": Case(
+        ["train", "{cfg}", "monitor.early_stopping.enabled=true"]
+        + ["monitor.early_stopping.metric=ood/loss"],
+        "monitor.early_stopping.metric: 'ood/loss' is not an eval metric (the eval sets log "
+        "none: eval.sets is empty)",
+        TRAIN,
+    ),
+    "resume with another model": Case(
+        ["train", "{run_copy_cfg}", "--resume", "model.d_model=32"],
+        "--resume with a different model.d_model (16 -> 32)",
+        setup=lambda paths: _copy_run(paths),
+    ),
+    "export manifest without sha256": Case(
+        ["export", "{run_copy}", "--out", "{tmp}/e"],
+        "not a lengthwise checkpoint manifest (sha256 must map",
+        ("{tmp}/e",),
+        setup=lambda paths: _edit_manifest(paths, lambda m: m.pop("sha256")),
+    ),
+    "export over a user's folder": Case(
+        ["export", "{run}", "--out", "{tmp}/mine"],
+        "{tmp}/mine: a non-empty folder that is not an earlier lengthwise export",
+        kept=("{tmp}/mine/notes.txt",),
+        setup=_notes_in("{tmp}/mine"),
+    ),
+    "data-stats n-layer 0": Case(
+        ["data-stats", "{cfg}", "--n-layer", "0"], "--n-layer: must be >= 1"
+    ),
+    "report of no run": Case(["report", "{tmp}", "-o", "{tmp}/r.html"], "not a run directory"),
     # train flags
     "stop at step -1": Case(
         ["train", "{cfg}", "--stop-at-step", "-1"], "--stop-at-step: must be >= 1, got -1", TRAIN
