@@ -197,6 +197,14 @@ def test_sigkill_mid_run_resumes_to_the_same_parameters(make_cfg, tmp_path):
     b = load_file(tmp_path / "killed" / "export" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
+    # the log equals the uninterrupted run's: records past the checkpoint were dropped on resume
+    def records(name: str) -> list[dict]:
+        timeless = ("time", "tokens_per_s", "tflops")
+        rows = read_metrics(tmp_path / name)
+        return [{k: v for k, v in r.items() if k not in timeless} for r in rows]
+
+    assert records("killed") == records("full") and len(records("full")) == 60
+
 
 def test_abacus_config_takes_digit_ids_from_the_tokenizer(make_cfg):
     """`model.position: abacus` needs no ids in the YAML: the trainer reads the digits' token ids
