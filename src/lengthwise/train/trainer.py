@@ -414,34 +414,34 @@ class Trainer:
             return self.finished
         c = self.counters
         self._window_tokens, self._window_start = 0, time.time()
-        outcome, out = EvalOutcome(), None
+        last = EvalOutcome()  # the last eval's metrics and stop reason
         while not self.budget_spent():
             out = self.train_step(next(self.loader))
             self.account(out)
             end = self.budget_spent()
             paused = not end and stop_at_step is not None and c.step >= stop_at_step
+            new_best = False
             if self.evaluation.due(c, self.budget, end):
-                outcome = self.evaluation.run(self.model_plain, c, self.log)
-            stopping = end or paused or outcome.stop_reason is not None
-            if self.checkpointer.due(c, self.budget, force=stopping or outcome.new_best):
-                self.save_checkpoint(outcome.metrics, best=outcome.new_best)
-            outcome.new_best = False  # copied once
+                last = self.evaluation.run(self.model_plain, c, self.log)
+                new_best = last.new_best
+            if (end or last.stop_reason) and self._seq_lens:
+                self._log_train(out)  # the last steps' lengths, before the final checkpoint
+            stopping = end or paused or last.stop_reason is not None
+            if self.checkpointer.due(c, self.budget, force=stopping or new_best):
+                self.save_checkpoint(last.metrics, best=new_best)
             if stopping:
                 break
         reason = "paused"
-        if outcome.stop_reason:
+        if last.stop_reason:
             reason = "early_stopping"
         elif self.budget_spent():
             reason = "completed"
-        if reason != "paused" and self._seq_lens and out is not None:
-            self._log_train(out)  # the last steps' schedule reaches the log (a pause keeps
-            # them in the checkpoint for the resumed run's next record)
         restored = None
         if self.cfg.monitor.restore_best and reason != "paused":
             restored = self.checkpointer.restore_best(self.model_plain, self.optimizer)
         summary = {
             "stop_reason": reason,
-            "stop_detail": outcome.stop_reason,
+            "stop_detail": last.stop_reason,
             "restored_best_step": restored,
             "steps": c.step,
             "tokens": c.tokens,
@@ -449,7 +449,7 @@ class Trainer:
             "budget_unit": self.cfg.train.budget_unit,
             "skipped_steps": c.skipped_steps,
             "wall_seconds": round(self.log.elapsed(), 2),  # the run's clock, across resumes
-            "final": outcome.metrics,
+            "final": last.metrics,
             "best": c.best,
             "best_metric": self.evaluation.best_metric,
             "alerts": c.alerts,
