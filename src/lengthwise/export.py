@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lengthwise.errors import UserError
 from lengthwise.eval.exported import is_export, write_export
-from lengthwise.io import check_replaceable
+from lengthwise.io import check_replaceable, remove_leftovers
 from lengthwise.model.gpt import GPT
 from lengthwise.rundir import RunDir
 from lengthwise.train import checkpoint
@@ -39,6 +39,7 @@ def export_run(
     run = RunDir(Path(run_dir)).require()
     out = Path(out) if out is not None else run.export_dir
     check_replaceable(out, is_export, "an earlier lengthwise export", overwrite)
+    remove_leftovers(out.parent, names=lambda name: name == out.name)  # of a killed export
     cfg = run.config()
     path = checkpoint_path(run, which)
     model = GPT(cfg.model)

@@ -103,12 +103,16 @@ def test_leftovers_of_killed_saves_are_removed_at_the_next_start(make_cfg):
         d.mkdir()
         (d / "model.safetensors").write_bytes(b"0" * 100)
     (ckpts / "notes.txt").write_text("mine")
+    run = Path(cfg.train.out_dir)
+    (run / ".export.tmp-k1").mkdir()  # a killed export, a killed summary write
+    (run / ".summary.json.tmp-k2").write_text("{")
     train(cfg, resume=True, quiet=True)
     assert sorted(p.name for p in ckpts.iterdir()) == [
         "notes.txt",
         "step-00000002",
         "step-00000005",
     ]
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]
 
 
 def test_a_best_checkpoint_keeps_the_periodic_schedule(make_cfg, tmp_path):

@@ -32,6 +32,7 @@ from lengthwise.data.tokenizer import load_tokenizer
 from lengthwise.errors import UserError
 from lengthwise.eval.evaluator import Evaluator
 from lengthwise.eval.exported import write_export
+from lengthwise.io import remove_leftovers
 from lengthwise.model.gpt import GPT
 from lengthwise.rundir import RunDir
 from lengthwise.train import checkpoint
@@ -254,6 +255,7 @@ class Trainer:
                 return finished
         if self.dist.is_main:
             self.run.path.mkdir(parents=True, exist_ok=True)
+            remove_leftovers(self.run.path)  # .export.tmp-*, .summary.json.tmp-* of a kill
             checkpoint.remove_partial(self.run.checkpoints)
             self.run.trim_metrics(self.counters.step)  # 0 on a fresh start: an empty log
             if last is None:
