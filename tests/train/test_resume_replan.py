@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 from lengthwise.rundir import read_metrics
 from lengthwise.train.trainer import train
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 STEP = 512  # make_cfg's batching.tokens_per_step
 STRATEGIES = {
     "concat_chunk": ["batching.strategy=concat_chunk", "batching.curriculum.name=none"],
