@@ -249,6 +249,12 @@ def test_calibrate_replans_both_text_runs_from_the_speed_measured():
     budget, note = demo.calibrate(FULL, "text_concat_chunk", 3793.0, 3793.0, seconds + 1)
     assert budget == FULL
     assert note.endswith("text runs kept at 602,112 tokens each")
+    # no time left: the minimum, and the line says so
+    budget, note = demo.calibrate(FULL, "text_concat_chunk", 903.0, 3793.0, 10.0)
+    assert budget.text_tokens == demo.TEXT_MIN_TOKENS == 98_304
+    assert note.endswith(
+        "from 602,112 to 98,304 tokens each (the minimum: the time left allows fewer)"
+    )
 
 
 def test_the_pause_comes_inside_the_warmup_and_before_the_first_eval():
@@ -316,7 +322,10 @@ def test_the_first_text_run_pauses_recalibrates_and_resumes(
     (name, batching), _ = demo.TEXT_STRATEGIES
     run, after, note = demo.train_text(d, budget, name, batching, probe=3793.0)
     assert note.startswith("calibrated after 2 steps of text_concat_chunk: ")
-    assert note.endswith("; text runs re-planned from 6,144 to 4,608 tokens each")
+    assert note.endswith(
+        "; text runs re-planned from 6,144 to 4,608 tokens each (the minimum: the time left "
+        "allows fewer)"
+    )
     assert (after.text_tokens, after.text_eval_every) == (4608, 1536)
     assert run.summary["stop_reason"] == "completed"
     assert (run.summary["steps"], run.summary["tokens"]) == (9, 4608)

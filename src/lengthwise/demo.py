@@ -508,9 +508,11 @@ def calibrate(
     )
     said = f"calibrated after {CALIBRATION_STEPS} steps of {run}: {measured:,.0f} tok/s vs probe "
     said += f"{probe:,.0f}; "
+    floor = " (the minimum: the time left allows fewer)" if tokens == TEXT_MIN_TOKENS else ""
     if tokens == budget.text_tokens:
-        return new, said + f"text runs kept at {tokens:,} tokens each"
-    return new, said + f"text runs re-planned from {budget.text_tokens:,} to {tokens:,} tokens each"
+        return new, said + f"text runs kept at {tokens:,} tokens each{floor}"
+    change = f"re-planned from {budget.text_tokens:,} to {tokens:,} tokens each{floor}"
+    return new, said + "text runs " + change
 
 
 def planned_text_seconds(tokens: int, text_speed: float) -> float:
