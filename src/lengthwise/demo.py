@@ -13,12 +13,16 @@ One function per stage, called in order by `run_demo`:
                     `concat_chunk` (fixed-length chunks across documents) and `decomposition`
                     + `grow_p2` (Dataset Decomposition);
                     eval sets val (held-out kernel docs, id) and ood (PostgreSQL docs).
-                    After each, `replan` compares the time the text runs took with the time
-                    the plan gave them: when the machine is slower than the probe said (other
-                    work started on the cores), the task run and the closing stages are planned
-                    at the pace measured, and the summary says so. (The text runs' tokens are
-                    fixed before the first starts and equal for both, so a machine slow from
-                    the start still overruns by those two runs; re-planning bounds the rest.)
+                    The probe can be far off (other work on the cores: the audit measured 3,793
+                    tokens/s, then trained at 600-1,000), so the first run pauses after
+                    CALIBRATION_STEPS steps, inside its learning-rate warmup, where the schedule
+                    does not depend on the budget yet; `calibrate` re-plans both runs' tokens
+                    from the speed measured there and the run resumes with the new budget: it
+                    trains exactly as a run planned with that budget from the start, and the
+                    second run gets the same tokens. After each run, `replan` compares the text
+                    runs' time with the probe's plan and, when the machine is slower, plans the
+                    task run and the closing stages at the pace measured. The summary says what
+                    was re-planned.
 5. `text_lengths`   per-position loss out to 4x the training length (`eval --suite lengths`).
 6. `train_task`     addition on 1-8 digit numbers with position coupling (configs/demo_task.yaml,
                     E2's best recipe), tested on 9-16 (2x) and 17-32 (4x) digit numbers during
@@ -43,7 +47,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +92,9 @@ class Budget:
     text_max_len: int
     text_tokens_per_step: int
     text_tokens: int  # per text run (both runs get the same)
+    text_tokens_max: int  # configs/demo_text.yaml's train.total_tokens
     text_cycles: int  # grow_p2 cycles per epoch: the run covers TEXT_CYCLES_PER_RUN of them
+    text_warmup: int  # fixed before the first text run starts: `calibrate` never changes it
     text_eval_every: int
     text_eval_tokens: int  # per eval set and eval
     text_suite_docs: int
@@ -99,13 +105,17 @@ class Budget:
     task_eval_n: int  # items per task eval set in training
     task_suite_n: int  # items per length in the suite
     reason: str
+    text_epoch: int = 0  # tokens in the text training split (grow_p2 cycles are per epoch)
+    text_end_s: float = 0.0  # on the demo's clock: when both text runs should have ended
 
 
 QUICK = Budget(
     text_max_len=256,
     text_tokens_per_step=2048,
     text_tokens=4 * 2048,
+    text_tokens_max=4 * 2048,
     text_cycles=64,
+    text_warmup=2048,
     text_eval_every=2 * 2048,
     text_eval_tokens=2048,
     text_suite_docs=2,
@@ -129,6 +139,13 @@ TEXT_CYCLES_PER_RUN = 2  # grow_p2 cycles within the run (the config's 8 per epo
 TEXT_EVALS = 3  # at 1/3, 2/3 and the end of each text run
 TEXT_EVAL_TOKENS = 16384  # per eval set and eval: 16 windows of 1024 tokens
 TEXT_MIN_TOKENS = 24 * TEXT_TOKENS_PER_STEP
+TEXT_WARMUP_SHARE = 0.1  # of the probe's plan; at least CALIBRATION_STEPS steps
+# The first text run is timed over its first CALIBRATION_STEPS steps less the first (which pays
+# the start-up: allocations, kernel warm-up), ~5 s on a quiet machine, then re-planned. The pause
+# must come inside the warmup, where the learning rate does not depend on the budget
+# (optim.lr_at), and before the first eval of the smallest budget (TEXT_MIN_TOKENS / TEXT_EVALS
+# = 8 steps), so that the resumed run trains and evaluates as one planned with the new budget.
+CALIBRATION_STEPS = 6
 # an eval reads 2 sets x TEXT_EVAL_TOKENS, forward only: ~1/3 of the cost of training on them
 TEXT_EVAL_COST = TEXT_EVALS * 2 * TEXT_EVAL_TOKENS / 3  # in training tokens, per text run
 TASK_RESERVE_S = 30.0  # the task's lengths suite, the report and the summary
@@ -265,6 +282,9 @@ def _round_to(n: float, step: int, at_least: int = 1) -> int:
 
 
 def text_overrides(budget: Budget, run_dir: Path) -> list[str]:
+    """What both text runs share. Nothing in `data`, `batching` or `model` depends on the token
+    budget (the trainer refuses a resume that changes them); grow_p2's cycles, which do, are
+    added by `text_config` to the run that reads them."""
     b = budget
     return [
         *TEXT_MODEL,
@@ -272,13 +292,27 @@ def text_overrides(budget: Budget, run_dir: Path) -> list[str]:
         "train.device=cpu",
         f"train.total_tokens={b.text_tokens}",
         "train.checkpoint_every_tokens=0",  # the end only (and `best` by val/loss)
+        "train.log_every_steps=1",  # `calibrate` times steps 2 to CALIBRATION_STEPS
         f"batching.max_len={b.text_max_len}",
         f"batching.tokens_per_step={b.text_tokens_per_step}",
-        f"batching.curriculum.cycles={b.text_cycles}",
-        f"schedule.warmup_tokens={_round_to(b.text_tokens / 10, b.text_tokens_per_step)}",
+        f"schedule.warmup_tokens={b.text_warmup}",
         f"eval.every_tokens={b.text_eval_every}",
         "eval.sets=" + json.dumps([s | {"tokens": b.text_eval_tokens} for s in TEXT_EVAL_SETS]),
     ]
+
+
+def text_config(root: Path, budget: Budget, run_dir: Path, batching: list[str]) -> Config:
+    """A text run's config. `batching.curriculum.cycles` is set from the budget only for
+    `decomposition` (the only strategy that reads it): concat_chunk, the run that is paused and
+    re-planned, keeps the config's value, so its `batching` section is the same before and after
+    `calibrate`."""
+    overrides = [*text_overrides(budget, run_dir), *batching]
+    cfg = demo_config(root, TEXT_CONFIG, overrides)
+    if cfg.batching.strategy != "decomposition":
+        return cfg
+    return demo_config(
+        root, TEXT_CONFIG, [*overrides, f"batching.curriculum.cycles={budget.text_cycles}"]
+    )
 
 
 def task_overrides(budget: Budget, run_dir: Path, tokens: int, base: Config) -> list[str]:
@@ -385,17 +419,19 @@ def plan_budget(demo: Demo, speed: Speed) -> Budget:
     text = demo_config(demo.root, TEXT_CONFIG, [])
     step = TEXT_TOKENS_PER_STEP
     left = demo.left()
-    raw = TEXT_SHARE * left * speed.text * SAFETY - TEXT_EVAL_COST
-    tokens = min(_round_to(raw, step * TEXT_EVALS), text.train.total_tokens)
-    tokens = max(tokens, TEXT_MIN_TOKENS)
+    cap = text.train.total_tokens
+    tokens = text_tokens_for(TEXT_SHARE * left, speed.text, runs=1, done=0, cap=cap)
     epoch = TokenStore(text.data.out_dir / "train").n_tokens
-    cycles = max(1, round(epoch / (tokens / TEXT_CYCLES_PER_RUN)))
+    cycles = grow_p2_cycles(epoch, tokens)
+    warmup = text_warmup(tokens)
     task = demo_config(demo.root, TASK_CONFIG, [])
     budget = Budget(
         text_max_len=text.batching.max_len,
         text_tokens_per_step=step,
         text_tokens=tokens,
+        text_tokens_max=cap,
         text_cycles=cycles,
+        text_warmup=warmup,
         text_eval_every=tokens // TEXT_EVALS,
         text_eval_tokens=TEXT_EVAL_TOKENS,
         text_suite_docs=8,
@@ -408,8 +444,12 @@ def plan_budget(demo: Demo, speed: Speed) -> Budget:
         reason=(
             f"text runs: {left:.0f}s left x {TEXT_SHARE:.0%} each x {speed.text:,.0f} tokens/s x "
             f"{SAFETY} less evals = {tokens:,} tokens each ({tokens // step} steps of {step:,}); "
-            f"grow_p2 with {cycles} cycles per epoch, so {TEXT_CYCLES_PER_RUN} in the run"
+            f"grow_p2 with {cycles} cycles per epoch, so {TEXT_CYCLES_PER_RUN} in the run; "
+            f"warmup {warmup:,} tokens; re-planned at the speed of the first run's first "
+            f"{CALIBRATION_STEPS} steps"
         ),
+        text_epoch=epoch,
+        text_end_s=demo.elapsed() + 2 * TEXT_SHARE * left,
     )
     demo.say(budget.reason)
     rest = left * (1 - 2 * TEXT_SHARE) - TASK_RESERVE_S
@@ -418,6 +458,61 @@ def plan_budget(demo: Demo, speed: Speed) -> Budget:
         f"at {speed.task:,.0f} tokens/s, at most {budget.task_tokens_max:,} tokens"
     )
     return budget
+
+
+def text_tokens_for(seconds: float, speed: float, runs: int, done: int, cap: int) -> int:
+    """Tokens per text run such that `runs` runs, less the `done` tokens already trained, with
+    their evals (TEXT_EVAL_COST each), take `seconds` at `speed` x SAFETY: in whole eval
+    intervals (TEXT_EVALS steps), between TEXT_MIN_TOKENS and `cap`."""
+    raw = (seconds * speed * SAFETY + done - runs * TEXT_EVAL_COST) / runs
+    tokens = min(_round_to(raw, TEXT_TOKENS_PER_STEP * TEXT_EVALS), cap)
+    return max(tokens, TEXT_MIN_TOKENS)
+
+
+def text_warmup(tokens: int) -> int:
+    """The text runs' warmup: TEXT_WARMUP_SHARE of the probe's plan, in whole steps, and at
+    least CALIBRATION_STEPS steps, so that `calibrate`'s pause comes inside it."""
+    step = TEXT_TOKENS_PER_STEP
+    return max(_round_to(tokens * TEXT_WARMUP_SHARE, step), CALIBRATION_STEPS * step)
+
+
+def grow_p2_cycles(epoch: int, tokens: int) -> int:
+    """Cycles per epoch such that a run of `tokens` covers TEXT_CYCLES_PER_RUN of them."""
+    return max(1, round(epoch / (tokens / TEXT_CYCLES_PER_RUN)))
+
+
+def steady_speed(records: list[dict[str, Any]]) -> float:
+    """Training tokens/s from per-step train records, the first left out: the first step pays
+    the start-up (allocations, kernel warm-up)."""
+    if len(records) < 2:
+        raise ValueError(f"steady_speed: needs 2 train records or more, got {len(records)}")
+    first, last = records[0], records[-1]
+    return (last["tokens"] - first["tokens"]) / max(last["time"] - first["time"], 1e-9)
+
+
+def calibrate(
+    budget: Budget, run: str, measured: float, probe: float, seconds_left: float
+) -> tuple[Budget, str]:
+    """After the first text run's CALIBRATION_STEPS steps: both runs' tokens such that the rest
+    of the first and all of the second, with their evals, take the `seconds_left` until
+    `budget.text_end_s` at the `measured` speed (`text_tokens_for`). The eval interval and
+    grow_p2's cycles follow the new budget; the warmup, which the paused run is inside, stays
+    (so it is a larger share of a smaller budget). Returns the budget and the summary's line."""
+    done = CALIBRATION_STEPS * budget.text_tokens_per_step
+    tokens = text_tokens_for(seconds_left, measured, 2, done, budget.text_tokens_max)
+    new = replace(
+        budget,
+        text_tokens=tokens,
+        text_eval_every=tokens // TEXT_EVALS,
+        text_cycles=grow_p2_cycles(budget.text_epoch, tokens),
+    )
+    said = f"calibrated after {CALIBRATION_STEPS} steps of {run}: {measured:,.0f} tok/s vs probe "
+    said += f"{probe:,.0f}; "
+    floor = " (the minimum: the time left allows fewer)" if tokens == TEXT_MIN_TOKENS else ""
+    if tokens == budget.text_tokens:
+        return new, said + f"text runs kept at {tokens:,} tokens each{floor}"
+    change = f"re-planned from {budget.text_tokens:,} to {tokens:,} tokens each{floor}"
+    return new, said + "text runs " + change
 
 
 def planned_text_seconds(tokens: int, text_speed: float) -> float:
@@ -461,20 +556,38 @@ def task_tokens(left_s: float, plan: Plan, budget: Budget) -> int:
     return min(max(tokens, budget.task_tokens_min), budget.task_tokens_max)
 
 
-def train_text(demo: Demo, budget: Budget, name: str, batching: list[str]) -> RunResult:
+def train_text(
+    demo: Demo, budget: Budget, name: str, batching: list[str], probe: float | None = None
+) -> tuple[RunResult, Budget, str]:
     """Stage 4 (twice): the demo text model for `budget.text_tokens` tokens with one batching
-    strategy, evaluated on val (id) and ood (PostgreSQL)."""
+    strategy, evaluated on val (id) and ood (PostgreSQL). With `probe` (the probe's text speed:
+    the first run of a full demo) the run pauses after CALIBRATION_STEPS steps, `calibrate`
+    re-plans the text budget from the speed measured, and the run resumes with it. Returns the
+    run, the budget it trained with (the second run's) and the calibration's line ("" without)."""
     from lengthwise.train.trainer import train
 
     run_dir = demo.out / name
-    cfg = demo_config(demo.root, TEXT_CONFIG, [*text_overrides(budget, run_dir), *batching])
+    cfg = text_config(demo.root, budget, run_dir, batching)
     b = cfg.batching
     what = b.strategy + (f"+{b.curriculum.name}" if b.curriculum.name != "none" else "")
     what += f" T={b.max_len}"
-    demo.begin(f"text run {name}: {what}, {budget.text_tokens:,} tokens")
+    planned = f"{budget.text_tokens:,} tokens"
+    if probe is not None:
+        planned += f" (the probe's plan, re-planned after {CALIBRATION_STEPS} steps)"
+    demo.begin(f"text run {name}: {what}, {planned}")
     start = time.time()
-    summary = train(cfg)
-    return RunResult(name, what, run_dir, summary, seconds=time.time() - start)
+    note = ""
+    if probe is None:
+        summary = train(cfg)
+    else:
+        summary = train(cfg, stop_at_step=CALIBRATION_STEPS)
+        if summary["stop_reason"] == "paused":
+            measured = steady_speed(RunDir(run_dir).metrics("train"))
+            left = budget.text_end_s - demo.elapsed()
+            budget, note = calibrate(budget, name, measured, probe, left)
+            demo.say(note)
+            summary = train(text_config(demo.root, budget, run_dir, batching), resume=True)
+    return RunResult(name, what, run_dir, summary, seconds=time.time() - start), budget, note
 
 
 def text_lengths(demo: Demo, budget: Budget, run: RunResult) -> None:
@@ -646,8 +759,13 @@ def run_demo(out: Path, budget_minutes: float = 10.0, quick: bool = False) -> in
         budget = plan_budget(demo, speed)
         plan = Plan(speed.task, TASK_RESERVE_S)
         runs: list[RunResult] = []
-        for name, batching in TEXT_STRATEGIES:  # both with budget.text_tokens: equal budgets
-            runs.append(train_text(demo, budget, name, batching))
+        for i, (name, batching) in enumerate(TEXT_STRATEGIES):
+            # the first calibrates the budget (not --quick: fixed budgets), the second gets the
+            # same tokens
+            probe = speed.text if i == 0 and not demo.quick else None
+            run, budget, note = train_text(demo, budget, name, batching, probe)
+            runs.append(run)
+            notes += [note] if note else []
             if not demo.quick:  # quick: fixed budgets, nothing to plan
                 plan = replan(name, speed, [(budget.text_tokens, r.seconds) for r in runs])
                 notes.append(plan.note)
