@@ -151,9 +151,6 @@ def test_distributed_checkpoint_resume(two_ranks, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-TASK_SET = {"name": "copy", "kind": "task", "task": "copy", "lengths": [2, 4], "n": 7, "tag": "ood"}
-
-
 def test_fsdp2_task_eval_shards_are_topped_up_and_not_counted(make_cfg, monkeypatch):
     """In one process, as rank 1 of 2 under FSDP2: 7 items give rank 1 items 1, 3, 5 plus one
     top-up (rank 0 has 4), decoded without early stopping; the top-up is not counted."""
