@@ -1,4 +1,6 @@
-"""The command line as a user meets it: exit codes, one-line errors, the demo config."""
+"""The command line as a user meets it: exit codes, one-line errors, the demo config. Only
+`--help` starts `python -m lengthwise`; the rest call `cli.main` in this process (the same exit
+codes and output, without ~1-3 s of interpreter and torch start-up per call)."""
 
 import json
 import subprocess
@@ -18,6 +20,15 @@ def run(*args, cwd=ROOT):
         text=True,
         timeout=300,
     )
+
+
+def cli(capsys, *args):
+    """The CLI in this process (no interpreter start-up per case): (exit code, stdout, stderr)."""
+    from lengthwise.cli import main
+
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
 
 
 def _config(tmp_path, source: str, strategy="decomposition"):
@@ -48,15 +59,15 @@ def test_help_lists_commands():
     assert "prepare" in out.stdout and "data-stats" in out.stdout
 
 
-def test_prepare_then_stats_json(tmp_path):
+def test_prepare_then_stats_json(tmp_path, capsys):
     cfg = _config(tmp_path, f"{{kind: jsonl, path: {_jsonl(tmp_path)}}}")
-    first = run("prepare", cfg)
-    assert first.returncode == 0, first.stderr
-    second = run("prepare", cfg)
-    assert second.returncode == 0 and "train: up to date (40 docs" in second.stdout
-    stats = run("data-stats", cfg, "--json")
-    assert stats.returncode == 0, stats.stderr
-    rows = json.loads(stats.stdout)
+    rc, _, err = cli(capsys, "prepare", cfg)
+    assert rc == 0, err
+    rc, out, _ = cli(capsys, "prepare", cfg)
+    assert rc == 0 and "train: up to date (40 docs" in out
+    rc, out, err = cli(capsys, "data-stats", cfg, "--json")
+    assert rc == 0, err
+    rows = json.loads(out)
     assert [r["strategy"] for r in rows] == [
         "pad",
         "concat_chunk",
@@ -72,8 +83,8 @@ def test_prepare_then_stats_json(tmp_path):
     assert by["concat_chunk"]["cross_doc_pairs"] > 0
     assert all(by[s]["cross_doc_pairs"] == 0 for s in by if s != "concat_chunk")
     assert by["decomposition"]["pad_fraction"] == 0.0
-    text = run("data-stats", cfg, "batching.tokens_per_step=512")
-    assert text.returncode == 0 and "decomposition" in text.stdout
+    rc, out, _ = cli(capsys, "data-stats", cfg, "batching.tokens_per_step=512")
+    assert rc == 0 and "decomposition" in out
 
 
 @pytest.mark.parametrize(
@@ -89,7 +100,7 @@ def test_prepare_then_stats_json(tmp_path):
         ),
     ],
 )
-def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, source, message):
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, source, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{oops\n')
     (tmp_path / "field.jsonl").write_text('{"body": "ok"}\n')
@@ -98,30 +109,21 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, source, message)
         .replace("BADJSON", str(tmp_path / "bad.jsonl"))
         .replace("BADFIELD", str(tmp_path / "field.jsonl"))
     )
-    out = run("prepare", _config(tmp_path, source))
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lengthwise: error: "), out.stderr
+    rc, _, err = cli(capsys, "prepare", _config(tmp_path, source))
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lengthwise: error: "), err
     assert message in lines[0]
     assert not (tmp_path / "out" / "train").exists()
     leftovers = list((tmp_path / "out").glob(".*")) if (tmp_path / "out").exists() else []
     assert leftovers == []
 
 
-def test_stats_before_prepare_is_a_clear_error(tmp_path):
+def test_stats_before_prepare_is_a_clear_error(tmp_path, capsys):
     cfg = _config(tmp_path, f"{{kind: jsonl, path: {_jsonl(tmp_path)}}}")
-    out = run("data-stats", cfg)
-    assert out.returncode == 2
-    assert "not a token store (no meta.json); run `lengthwise prepare`" in out.stderr
-
-
-def cli(capsys, *args):
-    """The CLI in this process (no interpreter start-up per case): (exit code, stdout, stderr)."""
-    from lengthwise.cli import main
-
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+    rc, _, err = cli(capsys, "data-stats", cfg)
+    assert rc == 2
+    assert "not a token store (no meta.json); run `lengthwise prepare`" in err
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,37 @@
 """benchmarks/throughput.py worker mode on a tiny store and model: the JSON it prints is what the
-parent and `--json` consumers rely on. Speed is not asserted (it depends on the machine)."""
+parent and `--json` consumers rely on. Speed is not asserted (it depends on the machine).
+The workers run in this process (`main()` with their argv): a worker process would add ~3 s of
+Python and torch start-up each and test nothing more."""
 
+import contextlib
+import importlib.util
+import io
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "throughput.py"
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 BENCHED = ("concat_chunk", "decomposition")
 POSITIVE = ("tokens_per_s", "slots_per_s", "flops_per_s", "step_s", "peak_rss_mb", "loss")
 
 
 @pytest.fixture(scope="module")
-def measurements(tmp_path_factory):
+def measurements(throughput, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("throughput")
     docs = [("lorem ipsum dolor sit amet " * (1 + i % 9))[: 20 + 13 * i] for i in range(60)]
     (tmp / "docs.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs))
@@ -30,15 +45,16 @@ def measurements(tmp_path_factory):
     # The first worker also builds the store; the second then finds it up to date.
     out = {}
     for name in BENCHED:
-        proc = subprocess.run(
-            [sys.executable, str(SCRIPT), "--worker", name, *common],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=tmp,
-        )
-        assert proc.returncode == 0, proc.stderr
-        out[name] = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        stdout = io.StringIO()
+        argv = [str(SCRIPT), "--worker", name, *common]
+        with (
+            mock.patch.object(sys, "argv", argv),
+            contextlib.chdir(tmp),
+            contextlib.redirect_stdout(stdout),
+        ):
+            assert throughput.main() == 0
+        lines = stdout.getvalue().splitlines()
+        out[name] = [json.loads(line) for line in lines if line.startswith("{")]
     return out
 
 
@@ -57,13 +73,8 @@ def test_worker_json(measurements, name):
         assert all(g["step_s"] > 0 for g in m["groups"])
 
 
-def test_summary_rows(measurements):
+def test_summary_rows(throughput, measurements):
     """The parent's reduction: one row per strategy with the keys `--json` promises."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import throughput
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
     rows = throughput.summarize(measurements, peak=1e12)
     by = {r["strategy"]: r for r in rows}
     assert by["concat_chunk"]["ratio_vs_concat_chunk"] == 1.0

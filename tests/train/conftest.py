@@ -3,6 +3,7 @@
 import copy
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -49,33 +50,48 @@ def tiny_data(tmp_path_factory):
     return data
 
 
-@pytest.fixture
-def make_cfg(tiny_data, tmp_path):
-    """Config for a tiny run in tmp_path/run; keyword overrides use dotted keys."""
+def tiny_config(data: dict, out_dir: Path, *overrides: str) -> Config:
+    """Config for a tiny run on `data` (tiny_data) in out_dir; overrides use dotted keys."""
+    tree = {
+        "data": copy.deepcopy(data),  # overrides must not reach the shared fixture
+        "batching": {
+            "strategy": "decomposition",
+            "tokens_per_step": 512,
+            "max_len": 64,
+            "min_bucket": 8,
+            "curriculum": {"name": "grow_p2", "cycles": 2},
+        },
+        "model": {"n_layer": 2, "n_head": 2, "d_model": 32, "position": "rope"},
+        "optim": {"lr": 3e-3},
+        "schedule": {"warmup_tokens": 1024},
+        "train": {
+            "out_dir": str(out_dir),
+            "total_tokens": 20 * 512,
+            "progress": False,
+            "tensorboard": False,
+            "log_every_steps": 1,
+            "seed": 0,
+        },
+    }
+    apply_overrides(tree, list(overrides))
+    return Config.model_validate(tree)
 
-    def make(*overrides: str, **tree_updates) -> Config:
-        tree = {
-            "data": copy.deepcopy(tiny_data),  # overrides must not reach the shared fixture
-            "batching": {
-                "strategy": "decomposition",
-                "tokens_per_step": 512,
-                "max_len": 64,
-                "min_bucket": 8,
-                "curriculum": {"name": "grow_p2", "cycles": 2},
-            },
-            "model": {"n_layer": 2, "n_head": 2, "d_model": 32, "position": "rope"},
-            "optim": {"lr": 3e-3},
-            "schedule": {"warmup_tokens": 1024},
-            "train": {
-                "out_dir": str(tmp_path / "run"),
-                "total_tokens": 20 * 512,
-                "progress": False,
-                "tensorboard": False,
-                "log_every_steps": 1,
-                "seed": 0,
-            },
-        }
-        apply_overrides(tree, list(overrides))
-        return Config.model_validate(tree)
+
+@pytest.fixture(scope="session")
+def make_cfg_in(tiny_data):
+    """make_cfg with the run folder given first: for module-scoped fixtures."""
+
+    def make(out_dir: Path, *overrides: str) -> Config:
+        return tiny_config(tiny_data, out_dir, *overrides)
+
+    return make
+
+
+@pytest.fixture
+def make_cfg(make_cfg_in, tmp_path):
+    """Config for a tiny run in tmp_path/run; overrides use dotted keys (`key.sub=value`)."""
+
+    def make(*overrides: str) -> Config:
+        return make_cfg_in(tmp_path / "run", *overrides)
 
     return make

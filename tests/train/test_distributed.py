@@ -1,4 +1,9 @@
-"""Two gloo processes on CPU against one process with the same global batch."""
+"""Two gloo processes on CPU against one process with the same global batch.
+
+Every two-rank job runs in one torchrun launch (the module's `two_ranks` fixture; each process
+pays ~3 s of start-up on a 2-core CPU), in turn in the same process group; the one-process
+references run in the test's own process. Only the resume from a distributed checkpoint is a
+second launch: new processes reading the DCP shards back is what it proves."""
 
 import json
 import subprocess
@@ -8,34 +13,97 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from dist_worker import run_job  # tests/train/dist_worker.py
 from safetensors.torch import load_file
 
+from lengthwise.config import Config
+from lengthwise.data.store import prepare
 from lengthwise.eval.exported import load_exported
 from lengthwise.export import export_run
+from lengthwise.rundir import read_metrics
 
 WORKER = Path(__file__).parent / "dist_worker.py"
 
+# torchrun gives each rank one thread (OMP_NUM_THREADS=1); the one-process references too
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
-def _run(cfg, tmp_path, name, mode, nproc, *extra):
-    cfg_path = tmp_path / f"{name}.yaml"
-    tree = cfg.model_dump(mode="json")
-    tree["train"]["out_dir"] = str(tmp_path / name / "run")
-    cfg_path.write_text(yaml.safe_dump(tree))
-    out = tmp_path / name / "dump"
-    cmd = [sys.executable, str(WORKER), str(cfg_path), str(out), mode, *map(str, extra)]
-    if nproc > 1:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",  # rendezvous on a free local port
-            "--nproc_per_node",
-            str(nproc),
-            *cmd[1:],
-        ]
+TASK_SET = {"name": "copy", "kind": "task", "task": "copy", "lengths": [2, 4], "n": 7, "tag": "ood"}
+COPY_TRAIN = {"kind": "task", "task": "copy", "lengths": [2, 4], "n": 400}
+
+
+def _jobs(root: Path) -> dict[str, tuple[tuple[str, ...], str, int | None]]:
+    """name: (config overrides, mode, stop_at_step). "train-ddp" is also the uninterrupted run
+    of the checkpoint test ("half": the same config, stopped at step 5)."""
+    copy = (  # a model trained on copy, with a task eval set, under FSDP2
+        f"data.out_dir={root / 'copy_data'}",
+        "data.splits=" + json.dumps({"train": COPY_TRAIN}),
+        "batching.strategy=best_fit",
+        "batching.curriculum.name=none",
+        "optim.lr=1e-2",
+        "train.total_tokens=40960",
+        "eval.every_tokens=20480",
+        "eval.sets=" + json.dumps([TASK_SET]),
+        "distributed.fsdp=true",
+    )
+    best_fit = ("batching.strategy=best_fit", "batching.curriculum.name=none")
+    return {
+        "grad-decomposition": (("batching.strategy=decomposition",), "grad", None),
+        "grad-best_fit": (best_fit, "grad", None),
+        "train-ddp": (("distributed.fsdp=false", "train.total_tokens=5120"), "train", None),
+        "train-fsdp2": (("distributed.fsdp=true", "train.total_tokens=5120"), "train", None),
+        "half": (("train.total_tokens=5120",), "train", 5),
+        "copy-fsdp2": (copy, "train", None),
+    }
+
+
+class Runs:
+    """The jobs' configs, run folders and dumps: ROOT/WHERE/NAME/{run,dump}, WHERE "two" (two
+    ranks) or "one" (one process)."""
+
+    def __init__(self, root: Path, make_cfg_in) -> None:
+        self.root, self.make_cfg_in, self.jobs = root, make_cfg_in, _jobs(root)
+
+    def cfg(self, name: str, where: str) -> Config:
+        return self.make_cfg_in(self.run_dir(name, where), *self.jobs[name][0])
+
+    def dump(self, name: str, where: str = "two") -> Path:
+        return self.root / where / name / "dump"
+
+    def run_dir(self, name: str, where: str = "two") -> Path:
+        return self.root / where / name / "run"
+
+    def one_process(self, name: str) -> Path:
+        """The job in this process, as one process with the same global batch."""
+        _, mode, stop = self.jobs[name]
+        run_job(self.cfg(name, "one"), self.dump(name, "one"), mode, stop)
+        return self.dump(name, "one")
+
+
+def _launch(jobs: list[dict], path: Path) -> None:
+    """One torchrun launch of two ranks that runs `jobs` in turn."""
+    path.write_text(json.dumps(jobs))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",  # a free local port
+           "--nproc_per_node", "2", str(WORKER), str(path)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[:4000] + "\n...\n" + proc.stderr[-1500:]
-    return out
+
+
+def _job(runs: Runs, name: str, **fields) -> dict:
+    """The two-rank job `name` for dist_worker.py (its config written as YAML)."""
+    path = runs.root / "two" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(runs.cfg(name, "two").model_dump(mode="json")))
+    return {"config": str(path), "out": str(runs.dump(name)), "mode": runs.jobs[name][1], **fields}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(make_cfg_in, tmp_path_factory) -> Runs:
+    """Every job on two ranks, in one launch."""
+    runs = Runs(tmp_path_factory.mktemp("dist"), make_cfg_in)
+    prepare(runs.cfg("copy-fsdp2", "two").data, progress=False)  # the copy task's store
+    jobs = [_job(runs, name, stop_at_step=stop) for name, (_, _, stop) in runs.jobs.items()]
+    _launch(jobs, runs.root / "jobs.json")
+    return runs
 
 
 def _load(out: Path, rank: int) -> dict[str, torch.Tensor]:
@@ -47,11 +115,10 @@ def _losses(out: Path) -> list[float]:
 
 
 @pytest.mark.parametrize("strategy", ["decomposition", "best_fit"])
-def test_two_ranks_same_gradient_as_one_process(make_cfg, tmp_path, strategy):
-    extra = ["batching.curriculum.name=none"] if strategy == "best_fit" else []
-    cfg = make_cfg(f"batching.strategy={strategy}", *extra)
-    one = _load(_run(cfg, tmp_path, "one", "grad", 1), 0)
-    two = _run(cfg, tmp_path, "two", "grad", 2)
+def test_two_ranks_same_gradient_as_one_process(two_ranks, strategy):
+    name = f"grad-{strategy}"
+    one = _load(two_ranks.one_process(name), 0)
+    two = two_ranks.dump(name)
     g0, g1 = _load(two, 0), _load(two, 1)
     for k in one:
         assert torch.equal(g0[k], g1[k]), k  # DDP leaves the same averaged gradient everywhere
@@ -59,10 +126,10 @@ def test_two_ranks_same_gradient_as_one_process(make_cfg, tmp_path, strategy):
 
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
-def test_two_ranks_train_like_one_process(make_cfg, tmp_path, fsdp):
-    cfg = make_cfg(f"distributed.fsdp={str(fsdp).lower()}", "train.total_tokens=5120")
-    one = _run(cfg, tmp_path, "one", "train", 1)
-    two = _run(cfg, tmp_path, "two", "train", 2)
+def test_two_ranks_train_like_one_process(two_ranks, fsdp):
+    name = "train-fsdp2" if fsdp else "train-ddp"
+    one = two_ranks.one_process(name)
+    two = two_ranks.dump(name)
     p0, p1, ref = _load(two, 0), _load(two, 1), _load(one, 0)
     for k in ref:
         assert torch.equal(p0[k], p1[k]), k  # bit-identical across ranks
@@ -70,22 +137,18 @@ def test_two_ranks_train_like_one_process(make_cfg, tmp_path, fsdp):
     assert _losses(two) == pytest.approx(_losses(one), abs=1e-5)
 
 
-def test_distributed_checkpoint_resume(make_cfg, tmp_path):
-    cfg = make_cfg("train.total_tokens=5120")
-    full = _run(cfg, tmp_path, "full", "train", 2)
-    _run(cfg, tmp_path, "half", "train", 2, 5)
-    half_run = tmp_path / "half" / "run"
+def test_distributed_checkpoint_resume(two_ranks, tmp_path):
+    half_run = two_ranks.run_dir("half")
     assert (half_run / "checkpoints" / "step-00000005" / "dcp").is_dir()
     # one process reads the DCP shards back: `lengthwise export` equals what rank 0 held
     exported, _ = export_run(half_run, out=tmp_path / "exported")
-    held, (model, _) = _load(tmp_path / "half" / "dump", 0), load_exported(exported)
+    held, (model, _) = _load(two_ranks.dump("half"), 0), load_exported(exported)
     assert all(torch.equal(held[k], p) for k, p in model.named_parameters())
-    resumed = _run(cfg, tmp_path, "half", "train", 2, "none", "resume")
-    a, b = _load(full, 0), _load(resumed, 0)
+    # new processes resume from the DCP checkpoint and end where the uninterrupted run did
+    resumed = tmp_path / "resumed"
+    _launch([_job(two_ranks, "half", resume=True, out=str(resumed))], tmp_path / "jobs.json")
+    a, b = _load(two_ranks.dump("train-ddp"), 0), _load(resumed, 0)
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-TASK_SET = {"name": "copy", "kind": "task", "task": "copy", "lengths": [2, 4], "n": 7, "tag": "ood"}
 
 
 def test_fsdp2_task_eval_shards_are_topped_up_and_not_counted(make_cfg, monkeypatch):
@@ -132,29 +195,12 @@ class _Oracle:
         return [self.answers[p] for p in prompts]
 
 
-def test_fsdp2_with_task_eval_sets_matches_one_process(make_cfg, tmp_path):
+def test_fsdp2_with_task_eval_sets_matches_one_process(two_ranks):
     """Task eval sets under FSDP2 (refused before): two ranks decode in lockstep (no hang) and
     log the same accuracy and parse rate as one process, on a model trained on copy."""
-    from lengthwise.data.store import prepare
-    from lengthwise.rundir import read_metrics
-
-    train = {"kind": "task", "task": "copy", "lengths": [2, 4], "n": 400}
-    cfg = make_cfg(
-        f"data.out_dir={tmp_path / 'copy_data'}",
-        "data.splits=" + json.dumps({"train": train}),
-        "batching.strategy=best_fit",
-        "batching.curriculum.name=none",
-        "optim.lr=1e-2",
-        "train.total_tokens=40960",
-        "eval.every_tokens=20480",
-        "eval.sets=" + json.dumps([TASK_SET]),
-        "distributed.fsdp=true",
-    )
-    prepare(cfg.data, progress=False)
-    _run(cfg, tmp_path, "one", "train", 1)
-    _run(cfg, tmp_path, "two", "train", 2)
-    one = read_metrics(tmp_path / "one" / "run", "eval")
-    two = read_metrics(tmp_path / "two" / "run", "eval")
+    two_ranks.one_process("copy-fsdp2")
+    one = read_metrics(two_ranks.run_dir("copy-fsdp2", "one"), "eval")
+    two = read_metrics(two_ranks.run_dir("copy-fsdp2"), "eval")
     assert [r["step"] for r in one] == [r["step"] for r in two] and len(one) == 2
     for a, b in zip(one, two, strict=True):
         assert (a["copy/acc"], a["copy/parse_rate"]) == (b["copy/acc"], b["copy/parse_rate"])

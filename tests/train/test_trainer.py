@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lengthwise.cli import main
 from lengthwise.config import load_config
 from lengthwise.data.tokenizer import load_tokenizer
 from lengthwise.rundir import read_metrics
@@ -167,7 +168,11 @@ def test_golden_loss(make_cfg):
     assert losses == pytest.approx(golden, rel=1e-4)
 
 
-def test_sigkill_mid_run_resumes_to_the_same_parameters(make_cfg, tmp_path):
+def test_sigkill_mid_run_resumes_to_the_same_parameters(make_cfg, tmp_path, single_thread):
+    """`kill -9` of a real `lengthwise train` process after its second checkpoint; `--resume`
+    ends where the uninterrupted run ends. The uninterrupted run and the resume run in this
+    process (`cli.main`: what the dead process left on disk is all a resume reads; each process
+    costs ~3 s of start-up), all three on one thread so that they agree bitwise."""
     import yaml
 
     def cfg_file(name: str) -> Path:
@@ -180,10 +185,11 @@ def test_sigkill_mid_run_resumes_to_the_same_parameters(make_cfg, tmp_path):
         path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
         return path
 
-    cmd = [sys.executable, "-m", "lengthwise", "train", "--quiet"]
-    assert subprocess.run([*cmd, cfg_file("full")], timeout=300).returncode == 0
+    assert main(["train", str(cfg_file("full")), "--quiet"]) == 0
     victim = cfg_file("killed")
-    proc = subprocess.Popen([*cmd, victim])
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lengthwise", "train", "--quiet", victim],
+                            env=one_thread)  # fmt: skip
     ckpts = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(ckpts.glob("step-*"))) < 2:
@@ -192,7 +198,7 @@ def test_sigkill_mid_run_resumes_to_the_same_parameters(make_cfg, tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "export" / "model.safetensors").exists()  # really interrupted
-    assert subprocess.run([*cmd, victim, "--resume"], timeout=300).returncode == 0
+    assert main(["train", str(victim), "--quiet", "--resume"]) == 0
     a = load_file(tmp_path / "full" / "export" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "export" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
