@@ -103,7 +103,7 @@ def test_pickled_code_in_dcp_entries_never_runs(tmp_path):
     marker = tmp_path / "MARKER"
     planner = checkpoint._SafeLoadPlanner()
     with pytest.raises(pickle.UnpicklingError):
-        planner.load_bytes(None, io.BytesIO(pickle.dumps(Payload(marker))))
+        planner.load_bytes(None, io.BytesIO(pickle.dumps(Payload(marker), protocol=2)))
     assert not marker.exists()
 
 
