@@ -170,10 +170,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from lengthwise.eval import suites
     from lengthwise.io import check_folder_path
-
-    cfg = suites.run_config(args.target, args.config)
     from lengthwise.rundir import RunDir
 
+    cfg = suites.run_config(args.target, args.config)
     run = RunDir(args.target)
     out = args.out or (run.eval_dir if run.is_run() else Path("eval_out"))
     check_folder_path(out, "--out")
