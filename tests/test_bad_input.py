@@ -134,6 +134,11 @@ CASES = {
         "none: eval.sets is empty)",
         TRAIN,
     ),
+    "alert hook with no program": Case(  # was a ValueError traceback at the trainer's start
+        ["train", "{cfg}", "monitor.on_alert=['']"],
+        "monitor.on_alert: expected a program and its arguments, got ['']",
+        TRAIN,
+    ),
     "resume with another model": Case(
         ["train", "{run_copy_cfg}", "--resume", "model.d_model=32"],
         "--resume with a different model.d_model (16 -> 32)",

@@ -8,6 +8,7 @@ Relative paths are resolved against the current working directory, like most tra
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
@@ -375,6 +376,21 @@ class MonitorConfig(Strict):
     on_alert: list[str] | str | None = None
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     restore_best: bool = False  # at the end, export the best checkpoint's weights
+
+    @field_validator("on_alert")
+    @classmethod
+    def _hook_argv(cls, command: list[str] | str | None) -> list[str] | None:
+        return None if command is None else hook_argv(command)
+
+
+def hook_argv(command: str | list[str]) -> list[str]:
+    """`monitor.on_alert` as an argv list: a list is taken as is, a string is split like a shell
+    would split words (quotes respected) but no shell runs it: no pipes, redirections, `;`,
+    variables or globs, so a shared config can run only the one program it names."""
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    if not argv or not all(isinstance(a, str) and a for a in argv):
+        raise ValueError(f"expected a program and its arguments, got {command!r}")
+    return argv
 
 
 class DistributedConfig(Strict):

@@ -7,12 +7,12 @@ import time
 
 import pytest
 
+from lengthwise.config import hook_argv
 from lengthwise.train.monitor import (
     AlertEvent,
     EarlyStopping,
     OODMonitor,
     direction,
-    hook_argv,
     mean_metric,
     relative_drop,
     run_hook,

@@ -16,10 +16,9 @@ from typing import Any
 from torch import nn
 
 from lengthwise.config import Config
-from lengthwise.errors import UserError
 from lengthwise.eval.evaluator import Evaluator
 from lengthwise.train.log import RunLog
-from lengthwise.train.monitor import EarlyStopping, OODMonitor, direction, hook_argv, run_hook
+from lengthwise.train.monitor import EarlyStopping, OODMonitor, direction, run_hook
 
 
 @dataclass
@@ -40,15 +39,9 @@ class EvalRound:
         self.monitor = OODMonitor(ood, alert_drop=cfg.monitor.alert_drop)
         es = cfg.monitor.early_stopping
         self.stopper = None
-        if es.enabled:
-            metric = es.metric or (evaluator.default_stop_metric if evaluator else None)
-            if metric is None:
-                raise UserError(
-                    "monitor.early_stopping: no metric (set metric, or declare an eval set "
-                    "with tag: ood)"
-                )
+        if es.enabled:  # the config checked that the metric exists (Config._check_eval)
             self.stopper = EarlyStopping(
-                metric,
+                es.metric or evaluator.default_stop_metric,  # type: ignore[union-attr]
                 mode=es.mode,
                 patience=es.patience,
                 min_delta=es.min_delta,
@@ -56,9 +49,7 @@ class EvalRound:
                 check_finite=es.check_finite,
             )
         self.best_metric = cfg.train.best_metric or (self.stopper.metric if self.stopper else None)
-        if cfg.monitor.restore_best and self.best_metric is None:
-            raise UserError("monitor.restore_best: needs train.best_metric or early stopping")
-        self.hook = hook_argv(cfg.monitor.on_alert) if cfg.monitor.on_alert else None
+        self.hook = cfg.monitor.on_alert  # an argv list (config.hook_argv) or None
 
     def describe_hook(self) -> str | None:
         """The line the run's log shows before the first step: what an alert will run."""

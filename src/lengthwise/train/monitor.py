@@ -328,16 +328,6 @@ def _tail(text: str, n: int = 500) -> str:
     return text if len(text) <= n else "..." + text[-n:]
 
 
-def hook_argv(command: str | list[str]) -> list[str]:
-    """`monitor.on_alert` as an argv list: a list is taken as is, a string is split like a shell
-    would split words (quotes respected) but no shell runs it: no pipes, redirections, `;`,
-    variables or globs, so a shared config can run only the one program it names."""
-    argv = shlex.split(command) if isinstance(command, str) else list(command)
-    if not argv or not all(isinstance(a, str) and a for a in argv):
-        raise ValueError(f"expected a program and its arguments, got {command!r}")
-    return argv
-
-
 def run_hook(argv: list[str], event: dict[str, Any], timeout: float = 30) -> str | None:
     """Run the program `argv` (no shell) with `event` as one JSON line on stdin (non-finite
     floats as strings).
