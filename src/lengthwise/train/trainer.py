@@ -28,7 +28,7 @@ from lengthwise.data.loader import BatchLoader
 from lengthwise.data.stats import ModelDims, strategy_stats
 from lengthwise.data.store import TokenStore, tokenizer_mismatch
 from lengthwise.data.strategies import build_strategy
-from lengthwise.data.tokenizer import load_tokenizer
+from lengthwise.data.tokenizer import Tokenizer, load_tokenizer
 from lengthwise.errors import UserError
 from lengthwise.eval.evaluator import Evaluator
 from lengthwise.eval.exported import write_export
@@ -161,9 +161,8 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.run = RunDir(Path(cfg.train.out_dir))
-        self.run_dir = self.run.path
         store = TokenStore(cfg.data.out_dir / "train")
-        check_tokenizer(cfg.data.out_dir / "tokenizer.json", store)
+        tokenizer = check_tokenizer(cfg.data.out_dir / "tokenizer.json", store)
         self.model_plain, cfg = build_model(cfg, store)
         self.cfg = cfg
         self.model_plain.to(self.device)
@@ -191,7 +190,7 @@ class Trainer:
         if cfg.eval.sets:
             evaluator = Evaluator(
                 cfg,
-                load_tokenizer(cfg.data.out_dir / "tokenizer.json"),
+                tokenizer,
                 self.device,
                 self.dist.rank,
                 self.dist.world_size,
@@ -227,6 +226,10 @@ class Trainer:
             self.log.message(hook)
             if self.counters.step == 0:
                 self.log.write("hook", 0, 0, on_alert=self.evaluation.hook)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
 
     # ------------------------------------------------------------------ set-up and resume
 
@@ -514,14 +517,18 @@ class Trainer:
         barrier()
 
 
-def check_tokenizer(path: Path, store: TokenStore) -> None:
-    """The data folder's tokenizer.json must be the one the store was prepared with: a file
+def check_tokenizer(path: Path, store: TokenStore) -> Tokenizer:
+    """The data folder's tokenizer, which must be the one the store was prepared with: a file
     swapped after `prepare` would train on ids that mean other tokens (and be exported)."""
     if not path.is_file():
         raise UserError(f"{path}: missing (run `lengthwise prepare` on this config)")
-    problem = tokenizer_mismatch(store.path, path)
+    tokenizer = load_tokenizer(path)
+    problem = tokenizer_mismatch(store.path, tokenizer)
     if problem:
-        raise UserError(f"{problem}; restore it or rerun `lengthwise prepare --overwrite`")
+        raise UserError(
+            f"{problem} of {path}; restore it or rerun `lengthwise prepare --overwrite`"
+        )
+    return tokenizer
 
 
 # what a checkpoint's weights, data position and budget depend on: a resume must not change them
