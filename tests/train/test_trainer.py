@@ -135,6 +135,8 @@ def test_run_dir_contents_and_eval(make_cfg):
         assert (run / name).is_file(), name
     evals = read_metrics(run, "eval")
     assert [e["step"] for e in evals] == [10, 20]
+    # what the config says each eval logs (checked before any work) is what the evaluator logs
+    assert [k for k in evals[0] if "/" in k] == cfg.eval.metric_names() == ["val/loss", "val/ppl"]
     assert all(e["val/loss"] > 0 for e in evals)
     assert summary["best"] == min(e["val/loss"] for e in evals)
     assert (run / "checkpoints" / "best" / "manifest.json").is_file()
