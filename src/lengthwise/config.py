@@ -182,10 +182,44 @@ PositionName = Literal[
 TABLED_POSITIONS = ("learned", "sinusoidal")  # a table of max_position rows: nothing past it
 
 
-class ModelConfig(Strict):
-    """A decoder-only Transformer (see lengthwise/model/gpt.py). `vocab_size` None: taken from
-    the tokenizer of the data config."""
+HFAttention = Literal["lengthwise", "sdpa", "eager", "flash_attention_2", "flex_attention"]
 
+
+class HFModelConfig(Strict):
+    """A `transformers` causal LM (model.kind: hf): a fresh one from `config`, or a local
+    `save_pretrained` folder at `path`. Never a hub name, never remote code."""
+
+    # a fresh model: `model_type` (llama, qwen2, gpt2, ...) plus that architecture's config keys
+    config: dict[str, Any] | None = None
+    path: Path | None = None  # a local save_pretrained folder: continued pretraining, fine-tuning
+    # lengthwise: per-document SDPA on CPU, FlexAttention on CUDA (model/hf.py); sdpa/eager get
+    # a dense document mask; flash_attention_2/flex_attention find documents from position_ids
+    attention: HFAttention = "lengthwise"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> HFModelConfig:
+        if (self.config is None) == (self.path is None):
+            raise ValueError("set exactly one of config (a fresh model) and path (a folder)")
+        if self.config is not None and not isinstance(self.config.get("model_type"), str):
+            raise ValueError("config needs a model_type (e.g. llama, qwen2, gpt2)")
+        return self
+
+
+# the lengthwise GPT's architecture fields: a `model.kind: hf` config sets these in model.hf
+GPT_ONLY_FIELDS = (
+    "n_layer", "n_head", "d_model", "d_ff", "mlp", "tie_embeddings", "bias", "norm_eps",
+    "init_std", "position", "max_position", "rope_base", "random_positions_max",
+    "max_distance", "window", "digit_token_ids", "abacus_max_digits", "abacus_offset",
+)  # fmt: skip
+
+
+class ModelConfig(Strict):
+    """A decoder-only Transformer (see lengthwise/model/gpt.py), or any `transformers` causal LM
+    (kind: hf, see lengthwise/model/hf.py). `vocab_size` None: taken from the tokenizer of the
+    data config."""
+
+    kind: Literal["lengthwise", "hf"] = "lengthwise"  # lengthwise: our GPT; hf: model.hf
+    hf: HFModelConfig | None = None  # kind hf: the transformers model
     vocab_size: int | None = Field(default=None, gt=0)  # None: from the tokenizer
     n_layer: int = Field(default=4, ge=1)  # Transformer blocks
     n_head: int = Field(default=4, ge=1)  # attention heads per block
@@ -222,6 +256,24 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
+        if self.kind == "hf":
+            if self.hf is None:
+                raise ValueError("kind 'hf' needs model.hf (config: {model_type: ...} or path)")
+            # non-default values, not fields set: a dumped config (RUN/config.yaml) has them all
+            fields = type(self).model_fields
+            gpt_only = [
+                f
+                for f in GPT_ONLY_FIELDS
+                if getattr(self, f) != fields[f].get_default(call_default_factory=True)
+            ]
+            if gpt_only:
+                raise ValueError(
+                    f"{gpt_only[0]}: a lengthwise GPT setting; with kind 'hf' the architecture "
+                    "is model.hf.config (or the folder's config.json)"
+                )
+            return self
+        if self.hf is not None:
+            raise ValueError("model.hf is read only with kind: hf")
         if self.d_model % self.n_head:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})"

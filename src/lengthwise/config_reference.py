@@ -98,6 +98,9 @@ def _nested(annotation: Any) -> tuple[type[BaseModel], str] | None:
         return args[0], "[]"
     if origin is dict and len(args) == 2 and _is_model(args[1]):
         return args[1], ".<name>"
+    models = [a for a in args if _is_model(a)]  # an optional section: `Model | None`
+    if origin in (typing.Union, types.UnionType) and len(models) == 1 and len(args) == 2:
+        return models[0], ""
     return None
 
 

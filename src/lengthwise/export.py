@@ -13,7 +13,7 @@ from pathlib import Path
 from lengthwise.errors import UserError
 from lengthwise.eval.exported import is_export, write_export
 from lengthwise.io import check_replaceable, remove_leftovers
-from lengthwise.model.gpt import GPT
+from lengthwise.model.build import make_model
 from lengthwise.rundir import RunDir
 from lengthwise.train import checkpoint
 
@@ -42,8 +42,10 @@ def export_run(
     remove_leftovers(out.parent, names=lambda name: name == out.name)  # of a killed export
     cfg = run.config()
     path = checkpoint_path(run, which)
-    model = GPT(cfg.model)
+    model = make_model(cfg.model, pretrained=False)
     manifest = checkpoint.load_weights(path, model)
     source = {"run_dir": str(run.path), "checkpoint": path.name, "step": manifest["step"]}
     source.update({k: v for k, v in manifest.get("meta", {}).items() if k == "tokens"})
+    if cfg.model.kind == "hf" and cfg.model.hf.path is not None:  # type: ignore[union-attr]
+        source["pretrained"] = str(cfg.model.hf.path)  # type: ignore[union-attr]
     return out, write_export(model, run.tokenizer_path, out, source)

@@ -13,6 +13,7 @@ and decodes the same text with its own positions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from lengthwise.eval.lm import EvalLM
 from lengthwise.tasks import Item, Task
@@ -48,6 +49,15 @@ def answer_budget(lm: EvalLM, items: list[Item]) -> int:
     """New tokens to generate: the longest expected completion plus one, so a correct answer
     must be followed by EOS (an answer with trailing junk does not parse as correct)."""
     return max((len(lm.encode(it.completion)) for it in items), default=0) + 1
+
+
+def positions_needed(lm: Any, items: list[Item]) -> int:
+    """Position ids greedy decoding of `items` uses: the task's ids (the coupled format), else
+    prompt plus answer budget (the last generated token is never fed back)."""
+    if items and all(it.positions is not None for it in items):
+        return max(max(it.positions) for it in items) + 1  # type: ignore[arg-type]
+    budget = answer_budget(lm, items)
+    return max((len(lm.encode(it.prompt)) for it in items), default=0) + budget - 1
 
 
 def score_items(

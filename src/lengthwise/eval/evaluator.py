@@ -25,7 +25,7 @@ from lengthwise.data.sources import task_source_items
 from lengthwise.data.store import TokenStore
 from lengthwise.data.tokenizer import Tokenizer
 from lengthwise.errors import UserError
-from lengthwise.eval.accuracy import answer_budget, score_items
+from lengthwise.eval.accuracy import answer_budget, positions_needed, score_items
 from lengthwise.eval.lengthwise_lm import LengthwiseLM
 from lengthwise.eval.loss import evaluate_loss
 from lengthwise.tasks import Item, Task, generate_items, get_task
@@ -93,6 +93,15 @@ class Evaluator:
         keys = training_keys(cfg) if any(s.fresh for s in task_sets) else set()
         self.tasks = {s.name: task_of(s) for s in task_sets}
         self.items = {s.name: task_items(s, keys) for s in task_sets}
+
+    def positions_needed(self) -> int:
+        """The most position ids an eval uses: text windows of batching.max_len, task prompts
+        plus their answer budget (or the task's own ids)."""
+        need = self.cfg.batching.max_len if self.stores else 0
+        for s in self.sets:
+            if s.kind == "task" and self.items[s.name]:
+                need = max(need, positions_needed(self.tokenizer, self.items[s.name]))
+        return need
 
     @property
     def ood_metrics(self) -> list[str]:

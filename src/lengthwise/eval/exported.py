@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 from safetensors.torch import load_model, save_model
-from torch import Tensor
+from torch import Tensor, nn
 
 from lengthwise import __version__
 from lengthwise.config import ModelConfig, format_validation_error
@@ -31,18 +31,24 @@ from lengthwise.data.tokenizer import BOS, EOS, PAD, Tokenizer, load_tokenizer
 from lengthwise.errors import UserError
 from lengthwise.io import atomic_dir
 from lengthwise.model.gpt import GPT, ff_width
+from lengthwise.model.hf import HFModel
 
 FORMAT = "lengthwise"
+HF_FORMAT, HF_MARKER = "lengthwise-hf", "lengthwise.json"  # a transformers model's export
 NOPE_ROPE_FACTOR = 1e12
 
 
 def is_export(path: Path) -> bool:
-    """A folder lengthwise exported (its config.json says format "lengthwise"): the only kind of
-    existing folder an export replaces without --overwrite."""
-    try:
-        return json.loads((Path(path) / "config.json").read_text()).get("format") == FORMAT
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return False
+    """A folder lengthwise exported (its config.json says format "lengthwise", or, for a
+    transformers model, its lengthwise.json says HF_FORMAT): the only kind of existing folder an
+    export replaces without --overwrite."""
+    for name, fmt in (("config.json", FORMAT), (HF_MARKER, HF_FORMAT)):
+        try:
+            if json.loads((Path(path) / name).read_text()).get("format") == fmt:
+                return True
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            pass
+    return False
 
 
 def load_exported(path: Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
@@ -73,11 +79,16 @@ def load_exported(path: Path, device: str | torch.device = "cpu") -> tuple[GPT, 
 
 
 def write_export(
-    model: GPT, tokenizer_json: Path, out: Path, source: dict[str, Any], hf: bool = True
+    model: nn.Module, tokenizer_json: Path, out: Path, source: dict[str, Any], hf: bool = True
 ) -> str | None:
     """Write the export folder `out` atomically (replacing it: callers check beforehand that it may
     be replaced, see `is_export`). Returns why no hf/ folder was written (None if it
-    was, or if `hf` is False)."""
+    was, or if `hf` is False). A transformers model (HFModel) is written as a plain
+    save_pretrained folder instead, whatever `hf` says."""
+    if isinstance(model, HFModel):
+        write_hf_export(model, load_tokenizer(tokenizer_json), Path(out), source)
+        return None
+    assert isinstance(model, GPT)
     with atomic_dir(Path(out)) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         meta = {
@@ -173,3 +184,43 @@ def write_llama(model: GPT, tokenizer: Tokenizer, out: Path) -> None:
     PreTrainedTokenizerFast(
         tokenizer_object=tokenizer.hf, bos_token=BOS, eos_token=EOS, pad_token=PAD
     ).save_pretrained(out)
+
+
+# ---------------------------------------------------------------------- a transformers model
+
+
+def write_hf_export(
+    model: HFModel, tokenizer: Tokenizer, out: Path, source: dict[str, Any]
+) -> None:
+    """A model trained with `model.kind: hf` as the folder its users expect: save_pretrained
+    weights and config, the tokenizer as a PreTrainedTokenizerFast, and lengthwise.json (where
+    it came from). Special-token ids in the config and generation config are the data
+    tokenizer's, so `generate` stops at the <|eos|> that ends every training document (a
+    pretrained model keeps its own EOS ids too)."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf = model.hf
+    fresh = source.get("pretrained") is None
+    for cfg in (hf.config, hf.generation_config):
+        cfg.bos_token_id, cfg.pad_token_id = tokenizer.bos_id, tokenizer.pad_id
+        theirs = [] if fresh else _as_ids(getattr(cfg, "eos_token_id", None))
+        eos = list(dict.fromkeys([tokenizer.eos_id, *theirs]))
+        cfg.eos_token_id = eos[0] if len(eos) == 1 else eos
+    with atomic_dir(out) as tmp:
+        hf_logging.disable_progress_bar()  # a bar for one shard is noise in the run's log
+        try:
+            model.save_pretrained(tmp)
+        finally:
+            hf_logging.enable_progress_bar()
+        PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer.hf, bos_token=BOS, eos_token=EOS, pad_token=PAD
+        ).save_pretrained(tmp)
+        meta = {"format": HF_FORMAT, "lengthwise_version": __version__, "source": source}
+        (tmp / HF_MARKER).write_text(json.dumps(meta, indent=2))
+
+
+def _as_ids(x: Any) -> list[int]:
+    if x is None:
+        return []
+    return [int(x)] if isinstance(x, int) else [int(i) for i in x]

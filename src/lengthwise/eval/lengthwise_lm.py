@@ -64,7 +64,10 @@ class LengthwiseLM:
     @property
     def max_positions(self) -> int | None:
         """Positions the model can embed: `max_position` for a learned or sinusoidal table,
-        None (no limit) for the others. Suites check it before they start."""
+        None (no limit) for the others (a transformers model says itself). Suites check it
+        before they start."""
+        if not isinstance(self.model, GPT):
+            return getattr(self.model, "max_positions", None)
         cfg = self.model.cfg
         return cfg.max_position if cfg.position in TABLED_POSITIONS else None
 

@@ -28,11 +28,11 @@ from lengthwise.data.sources import iter_documents, task_names, task_source_item
 from lengthwise.data.store import TokenStore
 from lengthwise.data.tokenizer import load_tokenizer
 from lengthwise.errors import UserError
-from lengthwise.eval.accuracy import answer_budget, score_items
+from lengthwise.eval.accuracy import positions_needed, score_items
 from lengthwise.eval.lm import EvalLM
 from lengthwise.io import atomic_write_text
 from lengthwise.rundir import RunDir
-from lengthwise.tasks import Item, generate_items, get_task
+from lengthwise.tasks import generate_items, get_task
 
 SUITES = ("lengths", "valley", "memorization")
 
@@ -128,15 +128,6 @@ def check_positions(lm: EvalLM, needed: int, what: str) -> None:
             f"--suite lengths: {what} needs {needed} positions, but {lm.name} has a position "
             f"table of max_position {limit}; choose smaller --multiples"
         )
-
-
-def positions_needed(lm: EvalLM, items: list[Item]) -> int:
-    """Position ids greedy decoding of `items` uses: the task's ids (the coupled format), else
-    prompt plus answer budget (the last generated token is never fed back)."""
-    if items and all(it.positions is not None for it in items):
-        return max(max(it.positions) for it in items) + 1  # type: ignore[arg-type]
-    budget = answer_budget(lm, items)
-    return max((len(lm.encode(it.prompt)) for it in items), default=0) + budget - 1
 
 
 def length_accuracy(

@@ -15,6 +15,7 @@ plus cached steps give the logits of one full forward.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,7 @@ class KVCache:
         self.position_ids: Tensor | None = None  # (B, T_cached)
         self.key_valid: Tensor | None = None  # (B, T_cached) bool, None = no padding
         self.abacus_last: Tensor | None = None  # (B,) abacus only
+        self.hf: Any = None  # transformers' own cache, when the model is model/hf.HFModel
         self._k: list[Tensor] = []
         self._v: list[Tensor] = []
 
@@ -304,6 +306,11 @@ class GPT(nn.Module):
             x = block(x, pos, attn_mask, cache, i)
         cache.advance(key_pos, key_valid, pos.abacus)
         return x
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        """(layers, width) for the FLOPs estimates."""
+        return self.cfg.n_layer, self.cfg.d_model
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count, a shared matrix counted once. `non_embedding` leaves out the lookup

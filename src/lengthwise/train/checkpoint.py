@@ -29,6 +29,7 @@ import pickle
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -52,7 +53,6 @@ from torch.distributed.checkpoint.state_dict import (
 
 from lengthwise.errors import UserError
 from lengthwise.io import copy_dir, remove_leftovers, replace_dir, temp_dir_beside
-from lengthwise.model.gpt import GPT
 
 MANIFEST = "manifest.json"
 FORMATS = ("single", "dcp")
@@ -334,9 +334,10 @@ def _first_line(e: BaseException) -> str:
 # ---------------------------------------------------------------------- the trainer's side
 
 
-def full_model(model: nn.Module, model_cfg: Any) -> nn.Module | None:
+def full_model(model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module | None:
     """The whole model in one process: `model` itself in a one-process run; under DDP/FSDP2 every
-    rank joins the gather and rank 0 gets an unsharded CPU copy (the others get None)."""
+    rank joins the gather and rank 0 gets an unsharded CPU copy, built by `build` (the others
+    get None)."""
     if not _distributed():
         return model
     full = get_model_state_dict(
@@ -344,7 +345,7 @@ def full_model(model: nn.Module, model_cfg: Any) -> nn.Module | None:
     )
     if dist.get_rank() != 0:
         return None
-    plain = GPT(model_cfg)
+    plain = build()
     plain.load_state_dict(full)
     return plain
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from lengthwise.batch import Batch
 from lengthwise.config import Config
@@ -33,7 +34,7 @@ from lengthwise.errors import UserError
 from lengthwise.eval.evaluator import Evaluator
 from lengthwise.eval.exported import write_export
 from lengthwise.io import remove_leftovers
-from lengthwise.model.gpt import GPT
+from lengthwise.model.build import make_model
 from lengthwise.rundir import RunDir
 from lengthwise.train import checkpoint
 from lengthwise.train.checkpoint import Checkpointer
@@ -102,8 +103,9 @@ def digit_ids(tokenizer_path: Path) -> list[int]:
     return ids  # type: ignore[return-value]
 
 
-def build_model(cfg: Config, store: TokenStore) -> tuple[GPT, Config]:
-    """The model, with the config completed from the data (vocab size, digit ids)."""
+def build_model(cfg: Config, store: TokenStore, tokenizer: Tokenizer) -> tuple[nn.Module, Config]:
+    """The model (our GPT or a transformers causal LM), with the config completed from the data
+    (vocab size, digit ids)."""
     updates: dict[str, Any] = {}
     needed = store.meta["tokenizer"]["vocab_size"]
     if cfg.model.vocab_size is None:
@@ -116,12 +118,38 @@ def build_model(cfg: Config, store: TokenStore) -> tuple[GPT, Config]:
         )
     if cfg.model.position == "abacus" and not cfg.model.digit_token_ids:
         updates["digit_token_ids"] = digit_ids(cfg.data.out_dir / "tokenizer.json")
+    if cfg.model.kind == "hf" and cfg.model.hf.path is not None:  # type: ignore[union-attr]
+        check_model_tokenizer(cfg.model.hf.path, tokenizer)  # type: ignore[union-attr]
     if updates:
         tree = cfg.model_dump()
         tree["model"].update(updates)
         cfg = Config.model_validate(tree)
     torch.manual_seed(cfg.train.seed)  # identical initialization on every rank
-    return GPT(cfg.model), cfg
+    model = make_model(cfg.model)
+    limit = getattr(model, "max_positions", None) if cfg.model.kind == "hf" else None
+    if limit is not None and cfg.batching.max_len > limit:
+        raise UserError(
+            f"batching.max_len: {cfg.batching.max_len} tokens, but the model's learned position "
+            f"table has {limit} rows"
+        )
+    return model, cfg
+
+
+def check_model_tokenizer(folder: Path, tokenizer: Tokenizer) -> None:
+    """A pretrained model reads ids of its own tokenizer: the data's must give every token of
+    the folder's tokenizer.json the same id (lengthwise may append <|eos|>, <|pad|>, <|bos|>
+    after them; the model's embedding grows by those rows)."""
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        return  # nothing to compare with: the embedding size check in build_hf_model remains
+    theirs = load_tokenizer(path).hf.get_vocab(with_added_tokens=True)
+    ours = tokenizer.hf.get_vocab(with_added_tokens=True)
+    for token, i in sorted(theirs.items(), key=lambda kv: kv[1]):
+        if ours.get(token) != i:
+            raise UserError(
+                f"data tokenizer: token {token!r} is id {ours.get(token)} in the data and {i} in "
+                f"{path}; prepare the data with tokenizer.kind: file, path: {path}"
+            )
 
 
 def split_micro_batches(batch: Batch, micro_batch_tokens: int | None) -> list[Batch]:
@@ -163,7 +191,7 @@ class Trainer:
         self.run = RunDir(Path(cfg.train.out_dir))
         store = TokenStore(cfg.data.out_dir / "train")
         tokenizer = check_tokenizer(cfg.data.out_dir / "tokenizer.json", store)
-        self.model_plain, cfg = build_model(cfg, store)
+        self.model_plain, cfg = build_model(cfg, store, tokenizer)
         self.cfg = cfg
         self.model_plain.to(self.device)
         self.model = wrap_model(self.model_plain, self.dist, cfg.distributed.fsdp, self.device)
@@ -197,6 +225,14 @@ class Trainer:
                 reduce=all_reduce_sum_tensor,
                 autocast=self.autocast,
             )
+        limit = getattr(self.model_plain, "max_positions", None)
+        if evaluator is not None and limit is not None and cfg.model.kind == "hf":
+            need = evaluator.positions_needed()
+            if need > limit:
+                raise UserError(
+                    f"eval.sets: an eval needs {need} positions, but the model's learned "
+                    f"position table has {limit} rows; shorten the eval sets' lengths"
+                )
         self.evaluation = EvalRound(cfg, evaluator, self.dist.is_main)
         self.checkpointer = Checkpointer(
             self.run.checkpoints,
@@ -298,7 +334,7 @@ class Trainer:
 
     def _write_data_stats(self) -> None:
         store = TokenStore(self.cfg.data.out_dir / "train")
-        dims = ModelDims(self.cfg.model.n_layer, self.cfg.model.d_model)
+        dims = ModelDims(*self.model_plain.dims)
         try:
             stats = strategy_stats(store, self.cfg.batching, dims)
         except UserError:
@@ -508,10 +544,15 @@ class Trainer:
     def _export(self, summary: dict[str, Any]) -> None:
         """RUN/export/ (the final weights, config.json and tokenizer; the Hugging Face folder is
         left to `lengthwise export`) and RUN/summary.json."""
-        full = checkpoint.full_model(self.model_plain, self.cfg.model)
+        full = checkpoint.full_model(
+            self.model_plain, lambda: make_model(self.cfg.model, pretrained=False)
+        )
         if self.dist.is_main:
             source = {"run_dir": str(self.run_dir), "step": self.counters.step}
             source["tokens"] = self.counters.tokens
+            hf = self.cfg.model.hf
+            if hf is not None and hf.path is not None:
+                source["pretrained"] = str(hf.path)
             write_export(full, self.run.tokenizer_path, self.run.export_dir, source, hf=False)
             self.run.write_summary(summary)
         barrier()

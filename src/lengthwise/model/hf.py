@@ -1,0 +1,424 @@
+"""Any `transformers` causal LM behind the lengthwise GPT's forward contract (`model.kind: hf`).
+
+`HFModel` wraps an `AutoModelForCausalLM` and takes what `GPT.forward` takes: the Batch's
+`position_ids` (restarting per document) and `doc_ids` (None = one document per row), targets
+with -100, a `KVCache` and `token_mask` for greedy decoding. So the trainer, the evaluator, the
+checkpoints, DDP/FSDP2 and the eval suites treat it like our own model.
+
+Document masking. `transformers` lets a library register an attention function
+(`AttentionInterface`); we register `"lengthwise"`, which runs lengthwise's own `attention()`:
+per-document SDPA on CPU (one causal SDPA call per segment length, never a T x T mask) and
+FlexAttention with a document BlockMask on CUDA. The Batch's document layout reaches it as the
+keyword `lengthwise_mask` (an `AttnMask`, built once per forward and shared by the layers), or
+as a `doc_ids` tensor (what an HF Trainer batch carries, see lengthwise.integrations). An
+implementation that has no mask function in `transformers` gets no mask built, so a packed row
+costs what its documents cost alone. The other implementations get what they need: `sdpa` and
+`eager` a dense (B, 1, T, T) document mask (HF's own packed path), `flash_attention_2` and
+`flex_attention` nothing but the restarting `position_ids`, from which `transformers` finds the
+documents (varlen). Decomposition rows hold one document: plain causal attention, no mask.
+
+Never a hub name and never remote code: a fresh model comes from a config mapping, a pretrained
+one from a local `save_pretrained` folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lengthwise.config import ModelConfig
+from lengthwise.errors import UserError
+from lengthwise.model.attention import AttnMask, attention, kv_mask
+from lengthwise.model.gpt import IGNORE_INDEX, KVCache
+
+POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")  # learned, absolute
+ATTENTION = "lengthwise"  # the name registered in transformers' AttentionInterface
+
+# our dropout fields -> the names architectures use for them (first one the config has wins)
+DROPOUT_FIELDS = {
+    "emb_dropout": ("embd_pdrop", "embedding_dropout"),
+    "attn_dropout": ("attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"),
+    "resid_dropout": ("resid_pdrop", "hidden_dropout", "hidden_dropout_prob"),
+}
+
+
+def require_transformers(what: str) -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise UserError(f"{what}: needs transformers (pip install 'lengthwise[hf]')") from None
+    return transformers
+
+
+@functools.cache
+def register_attention() -> str:
+    """Register the "lengthwise" attention implementation with transformers (once)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION, lengthwise_attention)
+    return ATTENTION
+
+
+_doc_masks: dict[tuple, AttnMask] = {}  # doc_ids tensor -> its AttnMask, for the current forward
+
+
+def _mask_of(doc_ids: Tensor) -> AttnMask:
+    """One AttnMask per doc_ids tensor, shared by every layer of a forward (segments are found
+    once, with one host sync, not once per layer)."""
+    key = (doc_ids.data_ptr(), tuple(doc_ids.shape), doc_ids._version, doc_ids.device)
+    if key not in _doc_masks:
+        _doc_masks.clear()
+        _doc_masks[key] = AttnMask(doc_ids)
+    return _doc_masks[key]
+
+
+def lengthwise_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    lengthwise_mask: AttnMask | None = None,
+    doc_ids: Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    """transformers' attention-function signature: q (B, H, T, D), k, v (B, H_kv, T_k, D);
+    returns (B, T, H, D). Causal attention within documents (lengthwise_mask or doc_ids; none =
+    one document per row). With a mask from the model (generation: a KV cache and left padding)
+    it is transformers' own SDPA function."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if attention_mask is not None or query.shape[2] != key.shape[2]:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    if kwargs.get("softcap"):
+        raise ValueError("lengthwise attention has no logit softcapping: use attention 'eager'")
+    window = kwargs.get("sliding_window")
+    if window and query.shape[2] > window:
+        raise ValueError(
+            f"a sliding window of {window} tokens on rows of {query.shape[2]}: use attention "
+            "'sdpa' or 'flash_attention_2' for this model"
+        )
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    head_dim = query.shape[-1]
+    if scaling is not None and not math.isclose(scaling * math.sqrt(head_dim), 1.0):
+        query = query * (scaling * math.sqrt(head_dim))  # SDPA scales by 1/sqrt(D)
+    mask = lengthwise_mask
+    if mask is None and doc_ids is not None:
+        mask = _mask_of(doc_ids)
+    out = attention(query, key, value, mask, dropout_p=dropout)
+    return out.transpose(1, 2).contiguous(), None
+
+
+class HFModel(nn.Module):
+    """A transformers causal LM with the lengthwise GPT's interface (forward, param_groups,
+    num_params, flops_per_token, blocks, dims, max_positions)."""
+
+    def __init__(self, hf: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf
+        self.attn_implementation: str = hf.config._attn_implementation
+        params = inspect.signature(hf.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    @property
+    def config(self) -> Any:
+        return self.hf.config
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """The decoder layers (what FSDP2 shards one by one): the modules transformers itself
+        never splits across devices (`_no_split_modules`)."""
+        names = set(getattr(self.hf, "_no_split_modules", None) or [])
+        return [m for m in self.hf.modules() if type(m).__name__ in names]
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        """(layers, width) for the FLOPs estimates."""
+        return int(self.config.num_hidden_layers), int(self.config.hidden_size)
+
+    @property
+    def max_positions(self) -> int | None:
+        """Rows of a learned absolute position table (GPT-2's wpe, OPT's embed_positions);
+        None for RoPE and other relative schemes, which have no hard limit."""
+        for name, m in self.hf.named_modules():
+            last = name.rsplit(".", 1)[-1]
+            if isinstance(m, nn.Embedding) and last in (
+                "wpe",
+                "embed_positions",
+                "position_embeddings",
+            ):
+                return int(m.num_embeddings)
+        return None
+
+    def _embedding_params(self) -> set[int]:
+        return {id(m.weight) for m in self.hf.modules() if isinstance(m, nn.Embedding)}
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count, a tied matrix once; `non_embedding` leaves out the lookup tables
+        (position tables, and the token embedding unless it is tied to the output head)."""
+        seen: dict[int, nn.Parameter] = {id(p): p for p in self.parameters()}
+        n = sum(p.numel() for p in seen.values())
+        if non_embedding:
+            head = self.hf.get_output_embeddings()
+            tied = {id(head.weight)} if head is not None else set()
+            n -= sum(seen[i].numel() for i in self._embedding_params() - tied if i in seen)
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """6 N + causal attention, as GPT.flops_per_token."""
+        layers, width = self.dims
+        return 6.0 * self.num_params(non_embedding=True) + 12.0 * layers * width * seq_len / 2
+
+    def param_groups(self, weight_decay: float, decay_embeddings: bool) -> list[dict]:
+        """AdamW groups as for the GPT: decay on matrices (Linear, GPT-2's Conv1D, an untied
+        output head), not on norms, biases or position tables; token embeddings only with
+        `decay_embeddings`."""
+        embeddings = self._embedding_params()
+        token = self.hf.get_input_embeddings().weight
+        decay, no_decay = [], []
+        for p in self.parameters():
+            is_matrix = p.dim() >= 2 and id(p) not in embeddings
+            if is_matrix or (decay_embeddings and p is token):
+                decay.append(p)
+            else:
+                no_decay.append(p)
+        return [
+            {"name": "decay", "params": decay, "weight_decay": weight_decay},
+            {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor | None = None,
+        doc_ids: Tensor | None = None,
+        targets: Tensor | None = None,
+        cache: KVCache | None = None,
+        token_mask: Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> Tensor:
+        """As GPT.forward: logits (B, T, V) float32, or with `targets` the float32 sum of token
+        cross-entropies over targets != -100."""
+        B, T = input_ids.shape
+        keep = logits_to_keep if targets is None else 0
+        if cache is not None or token_mask is not None:
+            logits = self._cached(input_ids, position_ids, cache, token_mask, keep)
+        else:
+            if position_ids is None:
+                position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+            out = self.hf(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                use_cache=False,
+                logits_to_keep=keep,
+                **self._document_mask(doc_ids, T, input_ids.device),
+            )
+            logits = out.logits
+        logits = logits.float()
+        if targets is None:
+            return logits
+        return F.cross_entropy(
+            logits.reshape(B * T, -1),
+            targets.reshape(B * T),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+
+    def _document_mask(self, doc_ids: Tensor | None, T: int, device: torch.device) -> dict:
+        """What this attention implementation needs to keep documents apart (see the module
+        docstring); nothing for one document per row."""
+        if doc_ids is None:
+            return {}
+        impl = self.attn_implementation
+        if impl == ATTENTION:
+            return {"lengthwise_mask": AttnMask(doc_ids)}
+        if impl in ("sdpa", "eager"):
+            allowed = AttnMask(doc_ids).dense(T, device)
+            return {"attention_mask": _as_mask(allowed, impl, self.hf.dtype)}
+        return {}  # flash_attention_2 / flex_attention: documents from position_ids
+
+    def _cached(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor | None,
+        cache: KVCache | None,
+        token_mask: Tensor | None,
+        logits_to_keep: int,
+    ) -> Tensor:
+        """Inference against a KV cache (a throwaway one for `token_mask` alone): transformers'
+        own cache inside lengthwise's KVCache, which keeps the positions and key padding."""
+        if self.training:
+            raise ValueError("a KV cache or token_mask is for inference: call model.eval() first")
+        cache = cache if cache is not None else KVCache()
+        B, T = input_ids.shape
+        if position_ids is None:
+            position_ids = cache.next_positions(B, T, input_ids.device)
+        valid = None if token_mask is None else token_mask.to(torch.bool)
+        key_pos, key_valid = cache.keys(position_ids, valid)
+        if cache.hf is None:
+            from transformers import DynamicCache
+
+            cache.hf = DynamicCache()
+        impl = self.attn_implementation
+        if impl in (ATTENTION, "sdpa", "eager"):
+            mask = _as_mask(kv_mask(position_ids, key_pos, key_valid), impl, self.hf.dtype)
+        else:  # flash/flex build their own mask from the 2-D key padding
+            ones = torch.ones_like(key_pos, dtype=torch.bool)
+            mask = (key_valid if key_valid is not None else ones).long()
+        out = self.hf(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=mask,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+            **{self._cache_kw: cache.hf},
+        )
+        cache.advance(key_pos, key_valid, None)
+        return out.logits
+
+    def save_pretrained(self, out: Path) -> None:
+        """A plain save_pretrained folder (safetensors), loadable by AutoModelForCausalLM."""
+        self.hf.save_pretrained(out, safe_serialization=True)
+
+
+def _as_mask(allowed: Tensor, impl: str, dtype: torch.dtype) -> Tensor:
+    """A 4-D boolean "may attend" mask as the implementation reads it: eager adds its mask to
+    the scores, so it gets 0 / the dtype's minimum."""
+    if impl != "eager":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )
+
+
+# ------------------------------------------------------------------------------ building
+
+
+def build_hf_model(cfg: ModelConfig, vocab_size: int, pretrained: bool = True) -> HFModel:
+    """The model of `cfg.hf`, in float32, with at least `vocab_size` token embeddings.
+    `pretrained` False builds a folder's architecture without reading its weights (a checkpoint
+    is loaded into it next). Every problem with the config or the folder is one UserError."""
+    transformers = require_transformers("model.kind: hf")
+    assert cfg.hf is not None
+    impl = cfg.hf.attention
+    if impl == ATTENTION:
+        register_attention()
+    if cfg.hf.path is not None:
+        config = folder_config(cfg.hf.path)
+    else:
+        config = fresh_config(cfg.hf.config or {}, vocab_size, transformers)
+    set_dropout(config, cfg)
+    auto = transformers.AutoModelForCausalLM
+    where = f"model.hf.path: {cfg.hf.path}" if cfg.hf.path else "model.hf.config"
+    try:
+        if cfg.hf.path is not None and pretrained:
+            hf = auto.from_pretrained(
+                cfg.hf.path,
+                config=config,
+                attn_implementation=impl,
+                trust_remote_code=False,
+                local_files_only=True,
+                **{_dtype_kwarg(transformers): torch.float32},
+            )
+        else:
+            hf = auto.from_config(config, attn_implementation=impl, trust_remote_code=False)
+    except (ValueError, ImportError, OSError, KeyError, TypeError) as e:
+        raise UserError(f"{where}: cannot build a causal LM ({_first_line(e)})") from None
+    hf = hf.float()
+    rows = hf.get_input_embeddings().num_embeddings
+    if rows < vocab_size:
+        if cfg.hf.path is None:
+            raise UserError(
+                f"model.hf.config.vocab_size: {rows} is smaller than the tokenizer's "
+                f"{vocab_size} tokens; leave it out to take the tokenizer's size"
+            )
+        # a pretrained tokenizer plus lengthwise's <|eos|>/<|pad|>/<|bos|> (the trainer checked
+        # that nothing else differs): new rows at the mean of the old ones, as HF does
+        hf.resize_token_embeddings(vocab_size, mean_resizing=pretrained)
+    return HFModel(hf)
+
+
+def folder_config(path: Path) -> Any:
+    """The config.json of a local save_pretrained folder (never a hub name)."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    if not path.exists():
+        looks_like_hub = len(path.parts) == 2 and not str(path).startswith((".", "/", "~"))
+        hint = (
+            "; lengthwise never downloads: save_pretrained the model to a local folder first"
+            if looks_like_hub
+            else ""
+        )
+        raise UserError(f"model.hf.path: {path} is not a local folder{hint}")
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise UserError(f"model.hf.path: {path} is not a model folder (no config.json)")
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    except (ValueError, OSError, KeyError) as e:
+        raise UserError(f"model.hf.path: {path}/config.json: {_first_line(e)}") from None
+
+
+def fresh_config(mapping: dict[str, Any], vocab_size: int, transformers: Any) -> Any:
+    """A transformers config from `model_type` + keys, each key checked against the
+    architecture's own config (transformers would keep a misspelt key and ignore it)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    keys = dict(mapping)
+    model_type = keys.pop("model_type")
+    if model_type not in CONFIG_MAPPING:
+        near = difflib.get_close_matches(model_type, list(CONFIG_MAPPING.keys()), n=3)
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        raise UserError(f"model.hf.config.model_type: unknown model type '{model_type}'{hint}")
+    config_class = CONFIG_MAPPING[model_type]
+    known = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {}))
+    for key in keys:
+        if key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise UserError(f"model.hf.config.{key}: {model_type} configs have no such key{hint}")
+    keys.setdefault("vocab_size", vocab_size)
+    try:
+        return transformers.AutoConfig.for_model(model_type, **keys)
+    except (ValueError, TypeError, KeyError) as e:
+        raise UserError(f"model.hf.config: {_first_line(e)}") from None
+
+
+def set_dropout(config: Any, cfg: ModelConfig) -> None:
+    """Our model.*_dropout onto the architecture's own dropout fields (a non-zero value wins
+    over the config's); refused where the architecture has no such dropout."""
+    for ours, theirs in DROPOUT_FIELDS.items():
+        p = getattr(cfg, ours)
+        if p == 0:
+            continue
+        name = next((n for n in theirs if hasattr(config, n)), None)
+        if name is None:
+            raise UserError(
+                f"model.{ours}: {config.model_type} has no such dropout (its config has none of "
+                f"{', '.join(theirs)}); set it to 0"
+            )
+        setattr(config, name, p)
+
+
+def _dtype_kwarg(transformers: Any) -> str:
+    major = int(transformers.__version__.split(".")[0])
+    return "dtype" if major >= 5 else "torch_dtype"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
