@@ -74,14 +74,18 @@ from lengthwise.eval.loss import eval_rows
 from lengthwise.model.gpt import ff_width
 from lengthwise.train.optim import lr_at
 
-HF_PEERS = ("hf_padded", "hf_flatten", "hf_group_texts")
+HF_PEERS = ("hf_padded", "hf_flatten", "hf_group_texts", "llama_hf_padded")
 OURS = {  # row name -> (batching.strategy, batching.curriculum.name)
     "concat_chunk": ("concat_chunk", "none"),
     "best_fit": ("best_fit", "none"),
     "decomposition_natural": ("decomposition", "natural"),
     "decomposition_grow_p2": ("decomposition", "grow_p2"),
+    # the same Llama as llama_hf_padded, trained by `lengthwise train` with model.kind: hf
+    "llama_concat_chunk": ("concat_chunk", "none"),
+    "llama_decomposition_grow_p2": ("decomposition", "grow_p2"),
 }
-PEERS = (*HF_PEERS, "concat_chunk", "best_fit", "decomposition_grow_p2")
+PEERS = (*HF_PEERS[:3], "concat_chunk", "best_fit", "decomposition_grow_p2")
+LLAMA_PEERS = ("llama_hf_padded", "llama_concat_chunk", "llama_decomposition_grow_p2")
 REF = "hf_padded"
 GPT2_LIKE = ["model.position=learned", "model.mlp=gelu", "model.bias=true"]
 FULL = {"budget": 524_288, "repeats": 3, "snapshots": 8, "eval_tokens": 65_536, "time_limit": 600}
@@ -141,6 +145,14 @@ def run_config(args: argparse.Namespace, name: str, seed: int, out_dir: Path) ->
     if name in OURS:
         strategy, curriculum = OURS[name]
         overrides += [f"batching.strategy={strategy}", f"batching.curriculum.name={curriculum}"]
+    if name.startswith("llama_"):  # the GPT's sizes, as a transformers Llama (model.kind: hf)
+        sized = load_config(args.config, overrides).model
+        store = TokenStore(base.data.out_dir / "train")
+        hf = {"config": llama_config(sized, store.meta["tokenizer"])}
+        if name in HF_PEERS:
+            hf["attention"] = "sdpa"  # HF's recipe as users run it (a padding mask, SDPA)
+        llama = {"kind": "hf", "vocab_size": store.meta["tokenizer"]["vocab_size"], "hf": hf}
+        overrides.append("model=" + json.dumps(llama))
     cfg = load_config(args.config, overrides)
     if name in OURS and OURS[name][1] == "grow_p2":
         cycles = grow_cycles(cfg, args.budget)
@@ -288,6 +300,29 @@ def gpt2_config(m: ModelConfig, tok: dict[str, int]) -> Any:
     )
 
 
+def llama_config(m: ModelConfig, tok: dict[str, int]) -> dict[str, Any]:
+    """`model.hf.config` of a Llama with our model's sizes (SwiGLU width, RoPE base, tied
+    embeddings): the one config every Llama row builds, through HF Trainer or ours."""
+    return {
+        "model_type": "llama",
+        "vocab_size": tok["vocab_size"],
+        "hidden_size": m.d_model,
+        "intermediate_size": ff_width(m.model_copy(update={"mlp": "swiglu", "d_ff": None})),
+        "num_hidden_layers": m.n_layer,
+        "num_attention_heads": m.n_head,
+        "num_key_value_heads": m.n_head,
+        "max_position_embeddings": m.max_position,
+        "rope_theta": m.rope_base,
+        "rms_norm_eps": m.norm_eps,
+        "initializer_range": m.init_std,
+        "tie_word_embeddings": True,
+        "bos_token_id": tok["bos_id"],
+        "eos_token_id": tok["eos_id"],
+        "pad_token_id": tok["pad_id"],
+        "use_cache": False,
+    }
+
+
 def gpt2_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """`GPT.param_groups` on GPT-2: decay on the blocks' matrices, not on embeddings, norms or
     biases (HF's default grouping would also decay the embeddings)."""
@@ -344,7 +379,7 @@ def hf_data(name: str, store: TokenStore, max_len: int, tokenizer_path: Path) ->
         default_data_collator,
     )
 
-    if name == "hf_padded":
+    if name in ("hf_padded", "llama_hf_padded"):
         collator = DataCollatorForLanguageModeling(hf_tokenizer(tokenizer_path), mlm=False)
         return DocRows(store, max_len), collator
     if name == "hf_flatten":
@@ -390,11 +425,16 @@ def train_hf(cfg: Config, name: str, seed: int, rec: Recorder, folder: Path) -> 
     dataset, collate = hf_data(name, store, max_len, cfg.data.out_dir / "tokenizer.json")
     collate = CountingCollator(collate)
     set_seed(seed)
-    model = GPT2LMHeadModel(gpt2_config(cfg.model, store.meta["tokenizer"]))
     o = cfg.optim
-    opt = torch.optim.AdamW(
-        gpt2_param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps
-    )
+    if cfg.model.kind == "hf":  # a Llama row: the model `lengthwise train` builds, unwrapped
+        from lengthwise.model.build import make_model
+
+        wrapped = make_model(cfg.model)
+        model, groups = wrapped.hf, wrapped.param_groups(o.weight_decay, o.decay_embeddings)
+    else:
+        model = GPT2LMHeadModel(gpt2_config(cfg.model, store.meta["tokenizer"]))
+        groups = gpt2_param_groups(model, o.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_at(collate.seen[s], rec.budget, 1.0, cfg.schedule)
     )
@@ -592,10 +632,18 @@ def at_time(curve: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     return [p for p in curve if p["seconds"] <= seconds][-1]
 
 
+def reference(runs: dict[str, list[dict[str, Any]]], name: str) -> str | None:
+    """hf_padded, or llama_hf_padded for the Llama rows when it ran (same model, HF's recipe)."""
+    if name.startswith("llama_") and "llama_hf_padded" in runs:
+        return "llama_hf_padded"
+    return REF if REF in runs else None
+
+
 def paired_ratio(runs: dict[str, list[dict[str, Any]]], name: str, key: str) -> float | None:
-    if REF not in runs:
+    ref = reference(runs, name)
+    if ref is None:
         return None
-    pairs = zip(runs[name], runs[REF], strict=True)
+    pairs = zip(runs[name], runs[ref], strict=True)
     return statistics.median(a[key] / b[key] for a, b in pairs)
 
 

@@ -23,6 +23,7 @@ one from a local `save_pretrained` folder.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import inspect
@@ -385,17 +386,25 @@ def fresh_config(mapping: dict[str, Any], vocab_size: int, transformers: Any) ->
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
         raise UserError(f"model.hf.config.model_type: unknown model type '{model_type}'{hint}")
     config_class = CONFIG_MAPPING[model_type]
-    known = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {}))
+    defaults = config_class().to_dict()
+    known = set(defaults) | set(getattr(config_class, "attribute_map", {}))
+    if "rope_parameters" in known:  # transformers 5 folds these older keys into it
+        known |= {"rope_theta", "rope_scaling"}
     for key in keys:
         if key not in known:
             near = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
             raise UserError(f"model.hf.config.{key}: {model_type} configs have no such key{hint}")
+    for key, value in keys.items():  # YAML reads 1e-5 (no dot) as a string
+        if isinstance(defaults.get(key), float) and isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                keys[key] = float(value)
     keys.setdefault("vocab_size", vocab_size)
     try:
         return transformers.AutoConfig.for_model(model_type, **keys)
-    except (ValueError, TypeError, KeyError) as e:
-        raise UserError(f"model.hf.config: {_first_line(e)}") from None
+    except Exception as e:  # transformers validates with several exception types
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise UserError(f"model.hf.config: {' '.join(lines[:2]) or type(e).__name__}") from None
 
 
 def set_dropout(config: Any, cfg: ModelConfig) -> None:
