@@ -134,6 +134,11 @@ CASES = {
         "none: eval.sets is empty)",
         TRAIN,
     ),
+    "alert level out of range": Case(  # a one-sided test's level: 0 < level < 0.5
+        ["train", "{cfg}", "monitor.alert_level=0.5"],
+        "monitor.alert_level: Input should be less than 0.5",
+        TRAIN,
+    ),
     "alert hook with no program": Case(  # was a ValueError traceback at the trainer's start
         ["train", "{cfg}", "monitor.on_alert=['']"],
         "monitor.on_alert: expected a program and its arguments, got ['']",

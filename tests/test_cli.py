@@ -126,6 +126,26 @@ def test_stats_before_prepare_is_a_clear_error(tmp_path, capsys):
     assert "not a token store (no meta.json); run `lengthwise prepare`" in err
 
 
+def test_train_summary_counts_significant_alerts_apart_from_noise(tmp_path, capsys, monkeypatch):
+    import lengthwise.train.trainer as trainer
+
+    cfg = _config(tmp_path, f"{{kind: jsonl, path: {_jsonl(tmp_path)}}}")
+    summary = {"stop_reason": "completed", "steps": 3, "tokens": 768, "wall_seconds": 1.0}
+    summary |= {"final": {"ood/acc": 0.5}, "alerts": 58}
+    sig = {"alerts_significant": 3}
+    for counts, line in (
+        ({**sig, "alerts_within_noise": 55}, "58 (3 significant, 55 within noise)"),
+        ({**sig, "alerts_within_noise": 50}, "58 (3 significant, 50 within noise, 5 of unknown "
+         "noise)"),
+        ({}, "58"),  # a run that ended before alerts carried a significance
+    ):  # fmt: skip
+        monkeypatch.setattr(trainer, "train", lambda cfg, **kw: {**summary, **counts})  # noqa: B023
+        rc, out, _ = cli(capsys, "train", cfg)
+        assert rc == 0 and f"\nOOD alerts: {line}\nrun: " in out
+    monkeypatch.setattr(trainer, "train", lambda cfg, **kw: {**summary, "alerts": 0})
+    assert "OOD alerts" not in cli(capsys, "train", cfg)[1]
+
+
 @pytest.fixture(scope="module")
 def demo_task(tmp_path_factory):
     """The shipped configs/demo_task.yaml with 2,000 items in a temporary data dir: problems of

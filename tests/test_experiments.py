@@ -379,7 +379,11 @@ def test_e3_quick_best_and_last_accuracies_match_the_exports(tmp_path, monkeypat
         assert p["stop_reason"] == summary["stop_reason"]
         stops = _events(run, "early_stop")
         assert p["early_stop_step"] == (stops[0]["step"] if stops else None)
-        assert p["n_alerts"] == len(_events(run, "alert"))
+        alerts = _events(run, "alert")
+        assert p["n_alerts"] == len(alerts) == summary["alerts"]
+        assert p["n_alerts_significant"] == sum(a["significant"] is True for a in alerts)
+        assert p["n_alerts_within_noise"] == sum(a["significant"] is False for a in alerts)
+        assert p["alerts_text"].startswith(str(len(alerts)))
         if summary["restored_best_step"] is not None:
             assert p["best_step"] == summary["restored_best_step"]
         best_src = json.loads((run / "export_best" / "config.json").read_text())

@@ -134,6 +134,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from lengthwise.config import load_config
+    from lengthwise.rundir import alert_counts
     from lengthwise.train.trainer import TrainingDiverged, train
 
     cfg = load_config(args.config, args.overrides)
@@ -144,10 +145,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
     if summary is not None and not args.quiet:
         final = ", ".join(f"{k} {v:.4f}" for k, v in summary["final"].items())
+        alerts = alert_counts(summary)
         print(
             f"{summary['stop_reason']}: {summary['steps']} steps, {summary['tokens']:,} tokens "
             f"in {summary['wall_seconds']:.0f}s"
             + (f"; {final}" if final else "")
+            + (f"\nOOD alerts: {alerts.text()}" if alerts.total else "")
             + f"\nrun: {cfg.train.out_dir}"
         )
     return 0

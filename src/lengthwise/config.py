@@ -418,9 +418,17 @@ class EarlyStoppingConfig(Strict):
 
 class MonitorConfig(Strict):
     """OOD alerts: an OOD metric worse than its best by more than `alert_drop` (relative) logs an
-    `alert` event, prints a line and runs `on_alert` (the event as JSON on stdin)."""
+    `alert` event, prints a line and runs `on_alert` (the event as JSON on stdin). Each alert
+    says whether the drop is larger than the eval set's own noise (its z-score against the
+    standard errors of the value and the best; lengthwise.train.monitor)."""
 
     alert_drop: float = Field(default=0.05, gt=0)  # relative drop from the best that alerts
+    # one-sided false-alarm rate of the noise test
+    alert_level: float = Field(default=0.05, gt=0, lt=0.5)  # (0.05: significant when z >= 1.645)
+    # alert only on drops beyond the eval noise;
+    alert_only_significant: bool = False  # drops of unknown noise, non-finite values still alert
+    # no relative-drop alert from a best whose absolute value is below this:
+    min_best: float = Field(default=0.0, ge=0)  # 0.053 -> 0.0 is no "100% drop"; 0 = off
     # program run at the first eval of each OOD drop, the alert as JSON on stdin: an argv list
     # (["notify-send", "lengthwise"]) or a string split into words like a shell would, but never
     # run by a shell (no pipes, `;`, redirections or variables). It runs what the config says:

@@ -177,6 +177,62 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+@dataclass(frozen=True)
+class AlertCounts:
+    """A run's OOD alerts: how many, and how many of them were beyond (`significant`; non-finite
+    values count here) or `within_noise` of the eval sets' own noise. Those two are None for a
+    run logged before alerts carried a significance; alerts of unknown noise are the rest."""
+
+    total: int
+    significant: int | None = None
+    within_noise: int | None = None
+
+    @property
+    def unknown(self) -> int | None:
+        if self.significant is None or self.within_noise is None:
+            return None
+        return max(self.total - self.significant - self.within_noise, 0)
+
+    def breakdown(self) -> list[str]:
+        """["3 significant", "55 within noise"] (and "k of unknown noise"); [] for an older run
+        or no alerts."""
+        if not self.total or self.significant is None or self.within_noise is None:
+            return []
+        parts = [f"{self.significant} significant", f"{self.within_noise} within noise"]
+        if self.unknown:
+            parts.append(f"{self.unknown} of unknown noise")
+        return parts
+
+    def text(self) -> str:
+        """The count and its breakdown: "58 (3 significant, 55 within noise)"; "7" for an older
+        run, "0" for none."""
+        parts = self.breakdown()
+        return f"{self.total} ({', '.join(parts)})" if parts else str(self.total)
+
+
+def alert_counts(
+    summary: dict[str, Any] | None, alerts: list[dict[str, Any]] | None = None
+) -> AlertCounts:
+    """The counts of summary.json (`alerts`, `alerts_significant`, `alerts_within_noise`) where
+    it has them, else of the `alert` records of metrics.jsonl (their `significant`: true, false
+    or null); an older run's records without the field give no breakdown."""
+    summary, alerts = summary or {}, alerts or []
+
+    def count(key: str) -> int | None:
+        v = summary.get(key)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+    total = count("alerts")
+    total = len(alerts) if total is None else total
+    sig, noise = count("alerts_significant"), count("alerts_within_noise")
+    if sig is None or noise is None:
+        sig = noise = None
+        if any("significant" in a for a in alerts):
+            sig = sum(a.get("significant") is True for a in alerts)
+            noise = sum(a.get("significant") is False for a in alerts)
+    return AlertCounts(total, sig, noise)
+
+
 def read_metrics(run_dir: Path | str, event: str | None = None) -> list[dict[str, Any]]:
     """`RunDir(run_dir).metrics(event)`: the records of a run's metrics.jsonl."""
     return RunDir(Path(run_dir)).metrics(event)

@@ -222,10 +222,12 @@ def test_loss_eval_uses_the_stored_ids(coupled):
     _, store, _, _ = coupled
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 
+    vocab = int(store.tokens.max()) + 1
+
     class Record(torch.nn.Module):
-        def forward(self, x, position_ids=None, targets=None):
+        def forward(self, x, position_ids=None):
             seen.append((x, position_ids))
-            return torch.zeros((), dtype=torch.float64)
+            return torch.zeros(*x.shape, vocab)  # logits
 
     pad = 1  # the char tokenizer's pad id; never inside a document
     args = (store.tokens, store.offsets, 16, 10**6, torch.device("cpu"), pad)

@@ -107,12 +107,14 @@ def test_loss_eval_skips_prompts(tmp_path):
     prepare(cfg.data, progress=False)
     store = TokenStore(cfg.data.out_dir / "train")
 
-    class Count(torch.nn.Module):  # "loss" = number of scored targets
-        def forward(self, x, targets):
-            return (targets != IGNORE_INDEX).sum().double()
+    vocab = int(store.tokens.max()) + 1
+
+    class Uniform(torch.nn.Module):  # every token equally likely: each scored target costs ln V
+        def forward(self, x):
+            return torch.zeros(*x.shape, vocab)
 
     out = evaluate_loss(
-        Count(),
+        Uniform(),
         store.tokens,
         store.offsets,
         64,
@@ -123,6 +125,7 @@ def test_loss_eval_skips_prompts(tmp_path):
     )
     expected = int((np.diff(store.offsets) - store.prompt_lens).sum())
     assert out["tokens"] == expected
+    assert out["loss"] == pytest.approx(np.log(vocab)) and out["se"] == pytest.approx(0, abs=1e-6)
 
 
 def test_seen_values_source_and_unseen_eval_set(tmp_path):

@@ -258,3 +258,56 @@ def test_missing_and_unreadable_files_become_notes(tmp_path, make_run):
     assert "summary.json: unreadable, left out" in text
     with pytest.raises(UserError, match="not a run directory"):
         load_run(tmp_path)
+
+
+def _add_alerts(run: Path, alerts: list[dict], summary: dict | None) -> None:
+    """Alert records (at the steps given) appended to metrics.jsonl; summary.json's alert keys
+    replaced by `summary` (None: summary.json removed)."""
+    with (run / "metrics.jsonl").open("a") as f:
+        for a in alerts:
+            rec = {"event": "alert", "time": 1.0, "tokens": 100 * a["step"], "metric": "ood/loss"}
+            f.write(json.dumps({**rec, "value": 7.5, "best": 7.0, "drop": 0.07, **a}) + "\n")
+    if summary is None:
+        (run / "summary.json").unlink()
+        return
+    old = json.loads((run / "summary.json").read_text())
+    old = {k: v for k, v in old.items() if not k.startswith("alerts")}
+    (run / "summary.json").write_text(json.dumps({**old, **summary}))
+
+
+def test_alerts_count_significant_ones_apart_from_noise(tmp_path, make_run, drawn):
+    from lengthwise.report import sections
+
+    noisy = [
+        {"step": 20, "significant": False, "z": 0.4},
+        {"step": 30, "significant": None, "z": None},
+        {"step": 40, "significant": True, "z": 3.1},
+        {"step": 41, "significant": False, "z": 1.2},
+    ]
+    new = make_run(tmp_path / "new", TEXT)
+    counts = {"alerts": 4, "alerts_significant": 1, "alerts_within_noise": 2}
+    _add_alerts(new, noisy, counts)
+    old = make_run(tmp_path / "old", TEXT)  # logged before alerts carried a significance
+    _add_alerts(old, [{"step": 20}, {"step": 30}], {"alerts": 2})
+    records_only = make_run(tmp_path / "records_only", TEXT)  # a run still going: no summary
+    _add_alerts(records_only, noisy[:3], None)
+    summary_only = make_run(tmp_path / "summary_only", TEXT)
+    (summary_only / "metrics.jsonl").unlink()
+    _add_alerts(summary_only, [], {"alerts": 3, "alerts_significant": 1, "alerts_within_noise": 2})
+
+    cell = {p.name: sections.alerts(load_run(p)) for p in (new, old, records_only, summary_only)}
+    assert cell == {
+        "new": "4 (1 significant, 2 within noise, 1 of unknown noise; first: ood/loss at step 20, "
+        "first significant: ood/loss at step 40)",
+        "old": "2 (first: ood/loss at step 20)",
+        "records_only": "3 (1 significant, 1 within noise, 1 of unknown noise; first: ood/loss "
+        "at step 20, first significant: ood/loss at step 40)",
+        "summary_only": "3 (1 significant, 2 within noise)",
+    }
+    page = build_report([new, old], tmp_path / "r.html").read_text()
+    assert "4 (1 significant, 2 within noise, 1 of unknown noise; first:" in page
+    assert "4 monitor alert(s) (red triangles), 2 of them within the eval noise (hollow)" in page
+    assert "2 monitor alert(s) (red triangles)." in page  # the old run's caption as before
+    legend = drawn["id_ood_new"]["legend"]
+    assert "alert within noise (2)" in legend and "alert (2)" in legend
+    assert "alert (2)" in drawn["id_ood_old"]["legend"]

@@ -204,4 +204,5 @@ def test_fsdp2_with_task_eval_sets_matches_one_process(two_ranks):
     assert [r["step"] for r in one] == [r["step"] for r in two] and len(one) == 2
     for a, b in zip(one, two, strict=True):
         assert (a["copy/acc"], a["copy/parse_rate"]) == (b["copy/acc"], b["copy/parse_rate"])
+        assert a["se"] == b["se"]  # the SEs are over all 7 items, not one rank's share
     assert one[-1]["copy/parse_rate"] > 0  # real answers were decoded (digits), not just EOS

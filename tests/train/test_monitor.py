@@ -13,9 +13,11 @@ from lengthwise.train.monitor import (
     EarlyStopping,
     OODMonitor,
     direction,
+    drop_z,
     mean_metric,
     relative_drop,
     run_hook,
+    z_threshold,
 )
 
 NAN, INF = math.nan, math.inf
@@ -203,6 +205,9 @@ def test_alert_event_to_dict():
         "tokens": 5000,
         "first": True,
         "reason": "drop",
+        "z": None,  # positional construction (9 fields) still works: noise unknown
+        "se": None,
+        "significant": None,
     }
     json.dumps(d)
 
@@ -228,6 +233,157 @@ def test_monitor_state_dict_round_trip_matches_uninterrupted():
             for i, v in list(enumerate(seq))[k:]
         ]
         assert repr(got) == repr(expected), k
+
+
+# ---------------------------------------------------------------------------------- noise
+
+
+def acc_se(p, n=100):
+    return math.sqrt(p * (1 - p) / n)
+
+
+def test_z_of_an_accuracy_drop_by_hand():
+    """n = 100 items, best 0.80 -> 0.70: z = 0.10 / sqrt(.8*.2/100 + .7*.3/100) = 1.6440, just
+    short of the one-sided 5% threshold 1.6449, past the 6% one (1.5548)."""
+    assert z_threshold(0.05) == pytest.approx(1.644854, abs=1e-6)
+    assert z_threshold(0.06) == pytest.approx(1.554774, abs=1e-6)
+    expected = 0.10 / math.sqrt(0.8 * 0.2 / 100 + 0.7 * 0.3 / 100)
+    assert expected == pytest.approx(1.64399, abs=1e-5)
+    for level, significant in ((0.05, False), (0.06, True)):
+        m = OODMonitor(["ood/acc"], alert_drop=0.05, alert_level=level)
+        assert m.update({"ood/acc": 0.8}, 100, 1000, noise={"ood/acc": acc_se(0.8)}) == []
+        (a,) = m.update({"ood/acc": 0.7}, 200, 2000, noise={"ood/acc": acc_se(0.7)})
+        assert a.z == pytest.approx(expected, rel=1e-12)
+        assert a.se == pytest.approx(math.sqrt(0.0037), rel=1e-12)
+        assert a.significant is significant
+        assert a.drop == pytest.approx(0.125)  # the relative rule is unchanged
+    assert a.noise_text == "z=1.64, significant"
+    assert a.line() == (
+        "ALERT step 200: ood/acc = 0.7, 12.5% worse than its best 0.8 (step 100; z=1.64, "
+        "significant)"
+    )
+    with pytest.raises(ValueError, match="alert_level"):
+        OODMonitor(None, alert_level=0.5)
+
+
+def test_z_of_a_loss_uses_the_se_stored_with_the_best():
+    m = OODMonitor(["ood/loss"], alert_drop=0.05)
+    feed_noise = [(2.0, 0.03), (1.0, 0.01), (1.04, 0.5), (1.2, 0.02), (1.1, 0.2)]
+    out = [
+        m.update({"ood/loss": v}, 100 * (i + 1), 0, noise={"ood/loss": se})
+        for i, (v, se) in enumerate(feed_noise)
+    ]
+    assert [len(a) for a in out] == [0, 0, 0, 1, 1]
+    a, b = out[3][0], out[4][0]
+    # the best 1.0 kept its own SE 0.01 (not the 0.03 of the first eval, nor later ones)
+    assert a.z == pytest.approx(0.2 / math.sqrt(0.01**2 + 0.02**2))  # 8.94
+    assert a.significant is True and a.noise_text == "z=8.94, significant"
+    assert b.z == pytest.approx(0.1 / math.sqrt(0.01**2 + 0.2**2))  # 0.50
+    assert b.significant is False and "(step 200; z=0.50, within noise)" in b.line()
+    assert drop_z(0.9, 1.0, 0.0, 0.0, "min") == -math.inf  # better, with no noise at all
+    assert drop_z(1.0, 1.0, 0.0, 0.0, "min") == 0.0
+
+
+def test_unknown_noise_is_never_invented():
+    m = OODMonitor(["ood/acc"], alert_drop=0.05)
+    m.update({"ood/acc": 0.8}, 1, 10)  # the best's SE unknown
+    (a,) = m.update({"ood/acc": 0.5}, 2, 20, noise={"ood/acc": 0.05})
+    assert (a.z, a.se, a.significant, a.noise_text) == (None, None, None, "noise unknown")
+    m = OODMonitor(["ood/acc"], alert_drop=0.05)
+    m.update({"ood/acc": 0.8}, 1, 10, noise={"ood/acc": 0.04})
+    for noise in (None, {}, {"other/acc": 0.01}, {"ood/acc": NAN}, {"ood/acc": -1.0}):
+        (a,) = m.update({"ood/acc": 0.5}, 2, 20, noise=noise)
+        assert (a.z, a.se, a.significant) == (None, None, None), noise
+    # a non-finite value is significant, whatever the noise
+    (a,) = m.update({"ood/acc": NAN}, 3, 30, noise={"ood/acc": 0.04})
+    assert (a.reason, a.z, a.significant) == ("non-finite", None, True)
+    assert a.line() == "ALERT step 3: ood/acc = nan is not finite (best 0.8 at step 1)"
+
+
+def test_min_best_ends_the_hundred_percent_drop_from_nothing():
+    """E3's base run: the OOD accuracy's best 0.053 falling to 0.0 alerted as a "100% drop" at
+    every eval; with min_best 0.1 it is no alert, and a best above it still alerts."""
+    seq = [0.0, 0.053, 0.0, 0.0, 0.02, 0.4, 0.3]
+    plain = feed(OODMonitor(["ood/acc"], alert_drop=0.05), "ood/acc", seq)
+    assert [len(a) for a in plain] == [0, 0, 1, 1, 1, 0, 1]
+    assert plain[2][0].drop == pytest.approx(1.0)
+    floored = feed(OODMonitor(["ood/acc"], alert_drop=0.05, min_best=0.1), "ood/acc", seq)
+    assert [len(a) for a in floored] == [0, 0, 0, 0, 0, 0, 1]
+    assert floored[6][0].first and floored[6][0].best == 0.4
+    # min_best never hides a non-finite value
+    m = OODMonitor(["ood/acc"], min_best=0.1)
+    assert [len(a) for a in feed(m, "ood/acc", [0.05, NAN])] == [0, 1]
+    with pytest.raises(ValueError, match="min_best"):
+        OODMonitor(None, min_best=-1)
+
+
+def test_only_significant_keeps_significant_drops_unknown_noise_and_non_finite():
+    n = 100
+    seq = [  # (value, se): the best 0.80 on 100 items, then
+        (0.80, acc_se(0.80)),
+        (0.74, acc_se(0.74)),  # 7.5% down but z = 1.01: within noise
+        (0.60, acc_se(0.60)),  # z = 3.16: significant
+        (0.75, acc_se(0.75)),  # within noise again
+        (0.70, None),  # noise unknown: still alerts
+        (NAN, None),  # non-finite: always alerts
+    ]
+    z1 = 0.06 / math.sqrt(acc_se(0.8, n) ** 2 + acc_se(0.74, n) ** 2)
+    assert z1 == pytest.approx(1.0107, abs=1e-4)
+
+    def run(**kw):
+        m = OODMonitor(["ood/acc"], alert_drop=0.05, **kw)
+        return [
+            m.update({"ood/acc": v}, i, 0, noise=None if se is None else {"ood/acc": se})
+            for i, (v, se) in enumerate(seq)
+        ]
+
+    every = run()
+    assert [[a.significant for a in out] for out in every] == [
+        [],
+        [False],
+        [True],
+        [False],
+        [None],
+        [True],
+    ]
+    assert [out[0].first for out in every[1:]] == [True, False, False, False, True]
+    assert every[1][0].z == pytest.approx(z1) and every[2][0].z == pytest.approx(0.2 / 0.004**0.5)
+    only = run(only_significant=True)
+    assert [[(a.significant, a.first) for a in out] for out in only] == [
+        [],
+        [],  # within noise: no alert
+        [(True, True)],  # so the significant drop starts the episode (a hook pages on it)
+        [],
+        [(None, True)],
+        [(True, True)],
+    ]
+
+
+def test_noise_state_round_trip_and_old_state_dicts():
+    noise = {"ood/acc": 0.04, "ood/loss": 0.02}
+    seq = [(0.5, 2.0), (0.7, 1.0), (0.6, 1.3), (NAN, NAN), (0.55, 1.2), (0.8, 0.9), (0.6, 1.0)]
+
+    def step(m, i, acc, loss):
+        return m.update({"ood/acc": acc, "ood/loss": loss}, i, 10 * i, noise=noise)
+
+    full = OODMonitor(["ood/acc", "ood/loss"])
+    expected = [step(full, i, *v) for i, v in enumerate(seq)]
+    assert any(a.z is not None for out in expected for a in out)
+    for k in range(len(seq) + 1):
+        a = OODMonitor(["ood/acc", "ood/loss"])
+        got = [step(a, i, *v) for i, v in enumerate(seq[:k])]
+        state = json.loads(json.dumps(a.state_dict(), allow_nan=False))
+        b = OODMonitor(["ood/acc", "ood/loss"])
+        b.load_state_dict(state)
+        got += [step(b, i, *v) for i, v in list(enumerate(seq))[k:]]
+        assert repr(got) == repr(expected), k
+    # a state saved before the SEs were kept: the bests load, their SEs are unknown
+    old = {"metrics": {"ood/acc": {"best": 0.8, "best_step": 5, "episode": None}}}
+    m = OODMonitor(["ood/acc"])
+    m.load_state_dict(old)
+    (a,) = m.update({"ood/acc": 0.5}, 6, 0, noise=noise)
+    assert (a.best, a.best_step, a.z, a.significant) == (0.8, 5, None, None)
+    assert m.state_dict()["metrics"]["ood/acc"]["best_se"] is None
 
 
 # ---------------------------------------------------------------------------------- early stopping

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from lengthwise.config import Config, apply_overrides
 from lengthwise.data.store import prepare
 from lengthwise.eval.accuracy import score_items
-from lengthwise.eval.evaluator import task_items, training_keys
+from lengthwise.eval.evaluator import binomial_se, task_items, training_keys
 from lengthwise.eval.lengthwise_lm import LengthwiseLM
 from lengthwise.rundir import read_metrics
 from lengthwise.tasks import get_task
@@ -162,15 +162,19 @@ def test_ood_accuracy_rises_then_falls_and_the_monitor_stops_at_the_right_eval(t
 
 
 class _Recorded:
-    """An Evaluator that returns the recorded run's eval metrics, one eval at a time."""
+    """An Evaluator that returns the recorded run's eval metrics, one eval at a time, with the
+    binomial SE of its 300-item OOD accuracy (the recording predates logged SEs)."""
 
     ood_metrics = ["fresh/acc"]  # the recorded run's OOD set, as its Evaluator said
 
     def __init__(self, evals: list[dict]) -> None:
         self.metrics = iter([{k: v for k, v in e.items() if "/" in k} for e in evals])
+        self.noise: dict[str, float] = {}
 
     def run(self, model) -> dict[str, float]:
-        return next(self.metrics)
+        metrics = next(self.metrics)
+        self.noise = {METRIC: binomial_se(metrics[METRIC], 300)}
+        return metrics
 
 
 class _Log:
@@ -191,6 +195,27 @@ def test_the_recorded_run_replays_to_its_alerts_early_stop_and_best(tmp_path):
     evals = [r for r in recorded if r["event"] == "eval"]
     # the trainer's eval round, fed the recorded metrics eval by eval
     cfg = config(tmp_path)
+    log, counters, new_bests = replay(cfg, evals)
+    noise_keys = ("se", "z", "significant")  # not in the recording
+    assert [{k: v for k, v in r.items() if k not in noise_keys} for r in log.records] == [
+        r for r in recorded if r["event"] != "train"
+    ]
+    assert new_bests[-1] == best_step and counters.best == max(e[METRIC] for e in evals)
+    assert counters.alerts == sum(r["event"] == "alert" for r in recorded) == 20
+    # weighed against the eval set's noise, 17 of the 20 are significant; the 3 within noise
+    # are wobbles near the untrained start (best 16/300 right); 16/300 -> 0/300 is significant
+    # (z = 4.1), only min_best calls it no alert
+    alerts = [r for r in log.records if r["event"] == "alert"]
+    within = [(a["step"], a["value"]) for a in alerts if a["significant"] is False]
+    assert (counters.alerts_significant, counters.alerts_within_noise) == (17, 3)
+    assert [s for s, _ in within] == [516, 774, 903] and all(v < 0.06 for _, v in within)
+    assert alerts[0]["z"] == pytest.approx(4.11, abs=0.01) and alerts[0]["value"] == 0.0
+    log, counters, _ = replay(config(tmp_path, "monitor.min_best=0.1"), evals)
+    assert (counters.alerts, counters.alerts_significant) == (14, 14)
+
+
+def replay(cfg: Config, evals: list[dict]) -> tuple[_Log, Counters, list[int]]:
+    """The trainer's eval round, fed the recorded metrics eval by eval up to its stop."""
     rnd, log, counters = EvalRound(cfg, _Recorded(evals), is_main=True), _Log(), Counters()
     new_bests = []
     for e in evals:
@@ -199,9 +224,7 @@ def test_the_recorded_run_replays_to_its_alerts_early_stop_and_best(tmp_path):
         new_bests += [e["step"]] if outcome.new_best else []
         if outcome.stop_reason:
             break
-    assert log.records == [r for r in recorded if r["event"] != "train"]
-    assert new_bests[-1] == best_step and counters.best == max(e[METRIC] for e in evals)
-    assert counters.alerts == sum(r["event"] == "alert" for r in recorded)
+    return log, counters, new_bests
 
 
 TINY = (  # the same data and eval, a small fast model: the accuracy moves, noisily, in ~150 steps

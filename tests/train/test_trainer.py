@@ -137,6 +137,9 @@ def test_run_dir_contents_and_eval(make_cfg):
     assert [e["step"] for e in evals] == [10, 20]
     # what the config says each eval logs (checked before any work) is what the evaluator logs
     assert [k for k in evals[0] if "/" in k] == cfg.eval.metric_names() == ["val/loss", "val/ppl"]
+    # their standard errors under one more field: the loss SE of a few thousand tokens
+    assert set(evals[0]["se"]) == {"val/loss", "val/ppl"} and 0 < evals[0]["se"]["val/loss"] < 0.1
+    assert summary["alerts"] == summary["alerts_significant"] == summary["alerts_within_noise"] == 0
     assert all(e["val/loss"] > 0 for e in evals)
     assert summary["best"] == min(e["val/loss"] for e in evals)
     assert (run / "checkpoints" / "best" / "manifest.json").is_file()

@@ -10,10 +10,17 @@ whose problem occurs in the training split (a task source) are replaced by fresh
 set never tests memorized items. In a distributed run each rank scores every W-th item and the
 counts are summed (text loss is split the same way by evaluate_loss); with FSDP2 the ranks
 decode in lockstep (equal shards, a fixed number of steps), since every forward is collective.
+
+Noise: after `run`, `noise` holds the standard error of each metric at that eval (the OOD
+monitor weighs a drop against it): sqrt(p(1-p)/n) for `acc` and `parse_rate` on n items, the SE
+of the mean token loss for `loss` (lengthwise.eval.loss), ppl * se(loss) for `ppl` (first
+order), and sqrt(sum se_i^2) / k for the mean of k sets (`ood_mean/*`; the sets' items are
+independent). It is kept apart from the metrics, which are exactly `cfg.eval.metric_names()`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -89,6 +96,7 @@ class Evaluator:
             for s in self.sets
             if s.kind == "text"
         }
+        self.noise: dict[str, float] = {}  # the last run's standard error of each metric
         task_sets = [s for s in self.sets if s.kind == "task"]
         keys = training_keys(cfg) if any(s.fresh for s in task_sets) else set()
         self.tasks = {s.name: task_of(s) for s in task_sets}
@@ -116,7 +124,10 @@ class Evaluator:
         return "ood_mean/loss" if ood else None
 
     def run(self, model: nn.Module) -> dict[str, float]:
+        """Every set's metrics (named `cfg.eval.metric_names()`); their standard errors are in
+        `self.noise` afterwards."""
         metrics: dict[str, float] = {}
+        noise: dict[str, float] = {}
         for s in self.sets:
             if s.kind == "text":
                 store = self.stores[s.name]
@@ -136,15 +147,22 @@ class Evaluator:
                     positions=store.positions,
                 )
                 metrics[f"{s.name}/loss"], metrics[f"{s.name}/ppl"] = out["loss"], out["ppl"]
+                noise[f"{s.name}/loss"] = out["se"]
+                noise[f"{s.name}/ppl"] = out["ppl"] * out["se"]
             else:
-                metrics.update(self._task_metrics(model, s))
+                got, n_items = self._task_metrics(model, s)
+                metrics.update(got)
+                noise.update({k: binomial_se(v, n_items) for k, v in got.items()})
         for kind, key in (("task", "acc"), ("text", "loss")):
             names = [f"{s.name}/{key}" for s in self.sets if s.tag == "ood" and s.kind == kind]
             if names:
                 metrics[f"ood_mean/{key}"] = sum(metrics[n] for n in names) / len(names)
+                noise[f"ood_mean/{key}"] = mean_se([noise[n] for n in names])
+        self.noise = {k: v for k, v in noise.items() if math.isfinite(v)}
         return metrics
 
-    def _task_metrics(self, model: nn.Module, s: EvalSetConfig) -> dict[str, float]:
+    def _task_metrics(self, model: nn.Module, s: EvalSetConfig) -> tuple[dict[str, float], float]:
+        """The set's accuracy and parse rate, and the number of items they are over."""
         items, task = self.items[s.name], self.tasks[s.name]
         mine = items[self.rank :: self.world_size]
         # FSDP2: every forward all-gathers the weights, so every rank must make the same calls:
@@ -167,4 +185,14 @@ class Evaluator:
             [score.correct, score.parsed, score.total], dtype=torch.float64, device=self.device
         )
         correct, parsed, total = self.reduce(counts).tolist()
-        return {f"{s.name}/acc": correct / total, f"{s.name}/parse_rate": parsed / total}
+        return {f"{s.name}/acc": correct / total, f"{s.name}/parse_rate": parsed / total}, total
+
+
+def binomial_se(p: float, n: float) -> float:
+    """The standard error of a proportion `p` measured on `n` independent items."""
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n > 0 else math.nan
+
+
+def mean_se(ses: list[float]) -> float:
+    """The standard error of the mean of k independent measurements with these SEs."""
+    return math.sqrt(sum(se * se for se in ses)) / len(ses)

@@ -5,14 +5,21 @@ document piece, positions from 0, or the stored ids of a coupled task store), so
 scored on the same predictions. Rows are sorted by length and batched by `batch_tokens` to keep
 padding low. In a distributed run each rank scores every W-th row and the sums are all-reduced
 by the caller-supplied `reduce`.
+
+The model gives logits and the token losses are taken here (fp32 cross-entropy), so that their
+sum of squares gives the standard error of the mean loss next to the mean: the eval set's own
+noise, which the OOD monitor weighs a drop against. It treats token losses as independent, so it
+is a lower bound when losses within a document are correlated.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lengthwise.batch import IGNORE_INDEX
@@ -48,15 +55,19 @@ def evaluate_loss(
     prompt_lens: np.ndarray | None = None,
     positions: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Mean next-token loss (nats) and perplexity over the rows of `eval_rows`. With
+    """Mean next-token loss (nats), perplexity, scored tokens and `se`, the standard error of
+    the mean loss (std of the token losses / sqrt(tokens)), over the rows of `eval_rows`. With
     `prompt_lens` (task stores), prompt tokens are not scored, as in training. With
     `positions` (a position id per token: TokenStore.positions of a coupled task store), the
-    rows' position ids are the stored ones (no training offset) instead of 0, 1, ..."""
+    rows' position ids are the stored ones (no training offset) instead of 0, 1, ...
+
+    `model(input_ids, **kw)` must return logits (B, T, V); `kw` is empty or `position_ids`."""
     was_training = model.training
     model.eval()
     starts, lens = eval_rows(offsets, seq_len, max_tokens)
     order = np.argsort(-lens, kind="stable")
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # (loss sum, targets)
+    # (loss sum, targets, sum of squared losses)
+    total = torch.zeros(3, dtype=torch.float64, device=device)
     i = 0
     # Global batches, rows dealt round-robin to ranks: every rank makes the same number of
     # forward calls (FSDP all-gathers parameters in each one), a rank without rows scores an
@@ -81,13 +92,24 @@ def evaluate_loss(
                 tgt[r, : max(n_prompt, 0)] = IGNORE_INDEX
         x = torch.from_numpy(ids).to(device)
         y = torch.from_numpy(tgt).to(device)
-        # no position_ids argument at all without stored ids: any module(x, targets=) works
+        # no position_ids argument at all without stored ids: any module(x) giving logits works
         kw = {} if pos is None else {"position_ids": torch.from_numpy(pos).to(device)}
         with autocast() if autocast else torch.autocast(device.type, enabled=False):
-            loss_sum = model(x, targets=y, **kw)
-        total[0] += loss_sum.double()
+            logits = model(x, **kw)
+        token_loss = F.cross_entropy(  # fp32, as the model's own loss; 0 at ignored targets
+            logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+        ).double()
+        total[0] += token_loss.sum()
         total[1] += (y != IGNORE_INDEX).sum()
+        total[2] += token_loss.square().sum()
     total = reduce(total)
     model.train(was_training)
-    mean = (total[0] / total[1].clamp(min=1)).item()
-    return {"loss": mean, "ppl": float(np.exp(min(mean, 50.0))), "tokens": int(total[1].item())}
+    n = max(total[1].item(), 1.0)
+    mean = total[0].item() / n
+    var = max(total[2].item() / n - mean * mean, 0.0)  # population variance of the token losses
+    return {
+        "loss": mean,
+        "ppl": float(np.exp(min(mean, 50.0))),
+        "tokens": int(total[1].item()),
+        "se": math.sqrt(var / n),
+    }

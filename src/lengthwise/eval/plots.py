@@ -292,7 +292,8 @@ def plot_metric_history(
     ``x`` is the record key on the x axis; "auto" uses ``tokens`` when records have it, else
     ``step``. ``alerts`` (e.g. monitor alert events) are marked with a red triangle on the panel
     of their ``metric`` (every panel when they name none) at their ``value`` when given, else on
-    the metric's curve. ``stop_step`` draws the early-stop vertical line, in x-axis units.
+    the metric's curve; hollow when the alert says its drop is within the eval noise
+    (``significant`` false). ``stop_step`` draws the early-stop vertical line, in x-axis units.
     """
     records = list(records)
     alerts = list(alerts or [])
@@ -313,15 +314,28 @@ def plot_metric_history(
         else:
             empty_note(ax, f"no values for {metric}")
         mine = [a for a in alerts if a.get("metric") in (None, metric) and xk in a]
-        if mine:
-            ax_x = [as_float(a[xk]) for a in mine]
+        noise = [a for a in mine if a.get("significant") is False]
+        rest = [a for a in mine if a.get("significant") is not False]
+        for group, hollow in ((noise, True), (rest, False)):
+            if not group:
+                continue
+            ax_x = [as_float(a[xk]) for a in group]
             ay = [
                 as_float(a["value"])
                 if a.get("value") is not None
                 else (float(np.interp(as_float(a[xk]), xs, ys)) if len(xs) else math.nan)
-                for a in mine
+                for a in group
             ]
-            ax.scatter(ax_x, ay, marker="v", s=60, color="crimson", zorder=5, label="alert")
+            ax.scatter(
+                ax_x,
+                ay,
+                marker="v",
+                s=60,
+                color="none" if hollow else "crimson",
+                edgecolors="crimson",
+                zorder=5,
+                label="alert within noise" if hollow else "alert",
+            )
         if stop_step is not None:
             ax.axvline(stop_step, color="0.2", ls="--", lw=1.2, label=f"early stop ({stop_step:g})")
         ax.set_ylabel(metric, fontsize="small")

@@ -21,6 +21,7 @@ from lengthwise.experiments.runner import (
     read_records,
     train_point,
 )
+from lengthwise.rundir import alert_counts
 
 
 def item_to_dict(item: Any) -> dict[str, Any]:
@@ -100,8 +101,10 @@ def run_e3(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
         records = read_records(run_dir)
         evals = [r for r in records if r["event"] == "eval"]
         alerts = [r for r in records if r["event"] == "alert"]
+        counts = alert_counts(summary, alerts)
         stops = [r for r in records if r["event"] == "early_stop"]
         metric = summary["best_metric"]
+        alert_metric = spec.settings.get("alert_metric", metric)
         best_step = summary["restored_best_step"]
         if best_step is None:  # no restore: the best eval by the metric
             best_eval = _best_eval(evals, metric)
@@ -130,8 +133,15 @@ def run_e3(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
             "last_step": last_eval["step"] if last_eval else None,
             "early_stop_step": stops[0]["step"] if stops else None,
             "n_alerts": len(alerts),
+            # beyond / within the eval sets' noise (None: the run's alerts carry no significance)
+            "n_alerts_significant": counts.significant,
+            "n_alerts_within_noise": counts.within_noise,
+            "alerts_text": counts.text(),
             "alert_metrics": sorted({a["metric"] for a in alerts}),
-            "first_alert": _first_alert(alerts, spec.settings.get("alert_metric", metric)),
+            "first_alert": _first_alert(alerts, alert_metric),
+            "first_significant_alert": _first_alert(
+                [a for a in alerts if a.get("significant") is True], alert_metric
+            ),
             "at_best": _eval_summary(best_eval, records, spec.settings),
             "at_last": _eval_summary(last_eval, records, spec.settings),
             "accuracy": scores,
@@ -183,7 +193,21 @@ def _first_alert(alerts: list[dict[str, Any]], metric: str | None) -> dict[str, 
     if not mine:
         return None
     a = mine[0]
-    return {k: a.get(k) for k in ("metric", "step", "tokens", "value", "best", "best_step", "drop")}
+    keys = ("metric", "step", "tokens", "value", "best", "best_step", "drop", "z", "significant")
+    return {k: a.get(k) for k in keys}
+
+
+def _alert_cell(first: dict[str, Any] | None, significant: dict[str, Any] | None) -> str:
+    """The first alert as "m @ step", and the first significant one's when it is another."""
+    if not first:
+        return "none"
+    text = f"{first['metric']} @ {first['step']}"
+    if significant and (significant["metric"], significant["step"]) != (
+        first["metric"],
+        first["step"],
+    ):
+        text += f" (significant: {significant['metric']} @ {significant['step']})"
+    return text
 
 
 def _eval_summary(
@@ -235,6 +259,7 @@ def _e3_markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         "steps",
         "~epochs",
         "best step",
+        "alerts",
         "first alert",
         "train loss best -> last",
         "OOD loss best -> last",
@@ -256,7 +281,8 @@ def _e3_markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
                 cell(r["steps"], ",d"),
                 cell(r["epochs"], ".0f"),
                 cell(r["best_step"], "d"),
-                f"{fa['metric']} @ {fa['step']}" if fa else "none",
+                r["alerts_text"],
+                _alert_cell(fa, r["first_significant_alert"]),
                 f"{cell(b['train_loss'], '.3f')} -> {cell(last['train_loss'], '.3f')}",
                 f"{cell(b['ood_loss'], '.3f')} -> {cell(last['ood_loss'], '.3f')}",
                 *[
@@ -272,6 +298,9 @@ def _e3_markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         "(restored at the end: monitor.restore_best); last: the final checkpoint (at the early "
         "stop, or at the end of the budget).",
         "- ~epochs: input slots trained / tokens in the training set (padding counted).",
+        "- alerts: OOD monitor alerts (every eval in a drop), how many were significant (the "
+        "drop beyond the eval set's noise at `monitor.alert_level`) and how many within noise; "
+        "first alert: the first on the alert metric, and the first significant one if later.",
         "- train loss: mean of the last 5 training records before the eval; OOD loss: "
         f"`{settings.get('ood_loss_metric', 'fresh/loss')}`, the loss on a prepared split of "
         "fresh problems of the training lengths.",

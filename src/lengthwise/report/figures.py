@@ -384,8 +384,9 @@ def plot_id_ood_history(
 ) -> Path:
     """One run's eval metrics over tokens, one panel per quantity (loss, acc, ...): in-distribution
     sets solid, OOD sets dashed (``tags``: set name -> "id" | "ood"; the ``ood_mean`` aggregate is
-    OOD, drawn thick), monitor alerts as red triangles on their metric, the early stop as a
-    vertical dashed line and the restored best checkpoint as a dotted one."""
+    OOD, drawn thick), monitor alerts as red triangles on their metric (hollow: a drop within the
+    eval noise), the early stop as a vertical dashed line and the restored best checkpoint as a
+    dotted one."""
     panels = eval_panels(evals)
     n = max(1, len(panels))
     fig, axes = plt.subplots(n, 1, figsize=(SIZE[0] + 1.5, 1.0 + 2.1 * n), sharex=True)
@@ -407,15 +408,20 @@ def plot_id_ood_history(
             marker = "." if ok.sum() < 60 else None
             ax.plot(x[ok], y[ok], marker=marker, color=color, label=label, **style)
         mine = [a for a in alerts if str(a.get("metric", "")).rsplit("/", 1)[-1] == quantity]
-        if mine:
+        noise = [a for a in mine if a.get("significant") is False]
+        rest = [a for a in mine if a.get("significant") is not False]
+        for group, hollow in ((noise, True), (rest, False)):
+            if not group:
+                continue
             ax.scatter(
-                [as_float(a.get("tokens")) for a in mine],
-                [as_float(a.get("value")) for a in mine],
+                [as_float(a.get("tokens")) for a in group],
+                [as_float(a.get("value")) for a in group],
                 marker="v",
                 s=70,
-                color="crimson",
+                color="none" if hollow else "crimson",
+                edgecolors="crimson",
                 zorder=5,
-                label=f"alert ({len(mine)})",
+                label=f"alert within noise ({len(group)})" if hollow else f"alert ({len(group)})",
             )
         if stop_tokens is not None:
             ax.axvline(stop_tokens, color="0.2", ls="--", lw=1.2, label="early stop")

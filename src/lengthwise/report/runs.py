@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lengthwise.errors import UserError
-from lengthwise.rundir import EVAL_SUITES, RunDir
+from lengthwise.rundir import EVAL_SUITES, AlertCounts, RunDir, alert_counts
 
 
 @dataclass
@@ -33,6 +33,10 @@ class Run:
 
     def events(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("event") == kind]
+
+    def alert_counts(self) -> AlertCounts:
+        """Its OOD alerts, significant ones apart from noise (summary.json, else the records)."""
+        return alert_counts(self.summary, self.events("alert"))
 
     @property
     def train(self) -> list[dict[str, Any]]:

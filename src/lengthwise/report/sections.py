@@ -204,13 +204,20 @@ def stop_reason(run: Run) -> str:
 
 
 def alerts(run: Run) -> str:
+    """The alert cell: "58 (3 significant, 55 within noise; first: m at step s, first
+    significant: ...)"; an older run's alerts carry no significance: "7 (first: m at step s)"."""
     al = run.events("alert")
-    n = (run.summary or {}).get("alerts", len(al))
-    if not n:
+    counts = run.alert_counts()
+    if not counts.total:
         return "0"
+    notes = []
     if al:
-        return f"{n} (first: {al[0].get('metric')} at step {al[0].get('step')})"
-    return str(n)
+        notes.append(f"first: {al[0].get('metric')} at step {al[0].get('step')}")
+        sig = next((a for a in al if a.get("significant") is True), None)
+        if sig is not None and sig is not al[0]:
+            notes.append(f"first significant: {sig.get('metric')} at step {sig.get('step')}")
+    inside = "; ".join(p for p in (", ".join(counts.breakdown()), ", ".join(notes)) if p)
+    return f"{counts.total} ({inside})" if inside else str(counts.total)
 
 
 def skipped_steps(run: Run) -> str:
@@ -505,6 +512,12 @@ def _id_ood_figure(run: Run, files: FigureFiles) -> Figure | None:
         ),
     )
     bits = [f"{len(run_alerts)} monitor alert(s) (red triangles)" if run_alerts else "no alerts"]
+    if any("significant" in a for a in run_alerts):  # significance known: noise ones hollow
+        noise = sum(a.get("significant") is False for a in run_alerts)
+        bits = [
+            f"{len(run_alerts)} monitor alert(s) (red triangles), {noise} of them within the eval "
+            "noise (hollow)"
+        ]
     if stops:
         bits.append(f"early stop at step {stops[-1].get('step')} (dashed vertical line)")
     if best_tokens is not None:

@@ -1,6 +1,9 @@
 """The trainer's eval round: when it is due, the metrics, the OOD alerts (log, console, hook),
 early stopping, and whether the tracked metric reached a new best.
 
+The evaluator's standard errors go to the monitor (each alert's z and significance) and into the
+eval record under `se` (one field, apart from the metric names).
+
 All of it happens before the step's checkpoint is written, so the checkpoint holds the monitor,
 the stopper and the best value *after* this eval, and a run resumed from it makes exactly the
 decisions an uninterrupted one would.
@@ -36,7 +39,14 @@ class EvalRound:
         self.evaluator, self.is_main = evaluator, is_main
         self.every_tokens = cfg.eval.every_tokens
         ood = evaluator.ood_metrics if evaluator else []
-        self.monitor = OODMonitor(ood, alert_drop=cfg.monitor.alert_drop)
+        m = cfg.monitor
+        self.monitor = OODMonitor(
+            ood,
+            alert_drop=m.alert_drop,
+            alert_level=m.alert_level,
+            only_significant=m.alert_only_significant,
+            min_best=m.min_best,
+        )
         es = cfg.monitor.early_stopping
         self.stopper = None
         if es.enabled:  # the config checked that the metric exists (Config._check_eval)
@@ -69,11 +79,15 @@ class EvalRound:
 
     def run(self, model: nn.Module, counters: Any, log: RunLog) -> EvalOutcome:
         metrics = self.evaluator.run(model) if self.evaluator else {}
+        # the metrics' standard errors (an evaluator without them: alerts of unknown noise)
+        noise = dict(getattr(self.evaluator, "noise", None) or {})
         c = counters
-        log.write("eval", c.tokens, c.step, **metrics)
+        log.write("eval", c.tokens, c.step, **metrics, **({"se": noise} if noise else {}))
         new_best = self._track_best(metrics, c)
-        alerts = self.monitor.update(metrics, c.step, c.tokens)
+        alerts = self.monitor.update(metrics, c.step, c.tokens, noise=noise)
         c.alerts += len(alerts)
+        c.alerts_significant += sum(a.significant is True for a in alerts)
+        c.alerts_within_noise += sum(a.significant is False for a in alerts)
         for a in alerts:
             event = a.to_dict()
             log.write(
@@ -82,10 +96,7 @@ class EvalRound:
                 c.step,
                 **{k: v for k, v in event.items() if k not in ("tokens", "step")},
             )
-            log.message(
-                f"ALERT step {c.step}: {a.metric} = {a.value:.4g}, {a.drop:.1%} worse than its "
-                f"best {a.best:.4g} (step {a.best_step})"
-            )
+            log.message(a.line())
             if self.hook and self.is_main and a.first:  # once per drop
                 problem = run_hook(self.hook, event)
                 if problem:

@@ -16,6 +16,21 @@ that page someone should act on `first` only). The episode ends when the value c
 value is its own episode kind (reason "non-finite"): going from "drop" to "non-finite" (or back)
 starts a new episode, so `first` is set again.
 
+Noise: the relative rule alone says nothing of the eval set's own noise: a metric that wanders
+below a lucky best alerts at every eval, and a best of 0.053 falling to 0.0 is a "100% drop".
+So `update` takes the standard error of each metric at this eval (`noise`: the evaluator's
+binomial SE sqrt(p(1-p)/n) for an accuracy on n items, the SE of the mean token loss for a
+loss), the monitor keeps the SE of each best with the best, and every alert says whether the
+drop is beyond the noise: `z` = (drop in the metric's units) / sqrt(se_best^2 + se_now^2), and
+`significant` = z >= the one-sided normal quantile at `alert_level` (0.05 -> 1.645). Without an
+SE for the value or the best, `z` and `significant` are None (unknown), never guessed. Two
+options cut alerts: `only_significant` (a drop within the noise is no alert; a drop of unknown
+noise still is) and `min_best` (no relative-drop alert from a best whose absolute value is below
+it: 0.053 -> 0.0 on 300 items is significant, z = 4.1, but not worth a page). Non-finite values
+always alert, as significant (no eval noise makes a NaN). Caveats: the best is the maximum of
+many noisy evals, so it is biased upwards and z overstates a drop from it somewhat; token losses
+within a document are correlated, so a loss SE that treats tokens as independent is too small.
+
 All state (`state_dict()`) is plain JSON types, so a resumed run makes exactly the decisions an
 uninterrupted one would.
 """
@@ -31,6 +46,7 @@ import shlex
 import signal
 import subprocess
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any, Literal
 
 Mode = Literal["min", "max"]
@@ -77,7 +93,12 @@ class AlertEvent:
     """One alert: `metric` = `value` is `drop` (relative, positive = worse) below its `best`
     (reached at `best_step`). `reason` is "drop" or "non-finite"; for "non-finite", `drop` is inf,
     and `best` is NaN / `best_step` None when the metric never had a finite value. `first` marks
-    the first eval of an episode (see the module docstring)."""
+    the first eval of an episode (see the module docstring).
+
+    Noise: `se` is the standard error of the difference value - best (sqrt(se_best^2 + se_now^2)),
+    `z` the drop in units of it (|value - best| / se; inf when se is 0), `significant` whether z
+    reaches the monitor's one-sided threshold. All three are None when the SE of the value or of
+    the best is unknown; a non-finite value is significant with z and se None."""
 
     metric: str
     value: float
@@ -88,10 +109,58 @@ class AlertEvent:
     tokens: int
     first: bool
     reason: str
+    z: float | None = None
+    se: float | None = None
+    significant: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict (floats may be NaN/inf; `run_hook` writes those as strings)."""
         return dataclasses.asdict(self)
+
+    @property
+    def noise_text(self) -> str:
+        """The noise verdict: "z=3.10, significant", "z=0.80, within noise" or "noise unknown"."""
+        if self.z is None or self.significant is None:
+            return "noise unknown"
+        return f"z={self.z:.2f}, {'significant' if self.significant else 'within noise'}"
+
+    def line(self) -> str:
+        """The alert as one console line."""
+        head = f"ALERT step {self.step}: {self.metric} = "
+        if self.reason == "non-finite":
+            best = "no finite best yet"
+            if self.best_step is not None:
+                best = f"best {self.best:.4g} at step {self.best_step}"
+            return f"{head}{self.value} is not finite ({best})"
+        return (
+            f"{head}{self.value:.4g}, {self.drop:.1%} worse than its best {self.best:.4g} "
+            f"(step {self.best_step}; {self.noise_text})"
+        )
+
+
+def z_threshold(level: float) -> float:
+    """The one-sided normal quantile for a false-alarm rate `level` (0.05 -> 1.645)."""
+    if not 0 < level < 0.5:
+        raise ValueError(f"alert_level must be > 0 and < 0.5, got {level}")
+    return NormalDist().inv_cdf(1 - level)
+
+
+def drop_z(value: float, best: float, se_value: float, se_best: float, mode: str) -> float:
+    """How many standard errors of the difference `value` is worse than `best` (negative =
+    better); +-inf when both SEs are 0 and the values differ, 0 when they are equal."""
+    worse = (best - value) if mode == "max" else (value - best)
+    se = math.hypot(se_value, se_best)
+    if se > 0:
+        return worse / se
+    return 0.0 if worse == 0 else math.copysign(math.inf, worse)
+
+
+def _se_of(noise: dict[str, float] | None, name: str) -> float | None:
+    """The SE of `name` in `noise`, None when absent or not a finite number >= 0."""
+    if not noise or name not in noise or noise[name] is None:
+        return None
+    se = float(noise[name])
+    return se if math.isfinite(se) and se >= 0 else None
 
 
 class OODMonitor:
@@ -100,6 +169,11 @@ class OODMonitor:
 
     `metrics`: the names to watch (those absent from an update are skipped); None watches every
     metric passed to `update`. `modes` overrides `direction()` per metric name.
+
+    Noise (module docstring): `alert_level` is the one-sided false-alarm rate that makes a drop
+    `significant`; `only_significant` drops the alerts whose drop is within the noise (not those
+    of unknown significance, nor non-finite values); `min_best` > 0 drops the relative-drop alerts
+    of a metric whose best is below it in absolute value.
     """
 
     def __init__(
@@ -107,13 +181,24 @@ class OODMonitor:
         metrics: list[str] | None,
         alert_drop: float = 0.05,
         modes: dict[str, str] | None = None,
+        *,
+        alert_level: float = 0.05,
+        only_significant: bool = False,
+        min_best: float = 0.0,
     ) -> None:
         if not alert_drop > 0:
             raise ValueError(f"alert_drop must be > 0, got {alert_drop}")
+        if not min_best >= 0:
+            raise ValueError(f"min_best must be >= 0, got {min_best}")
         self.metrics = list(metrics) if metrics is not None else None
         self.alert_drop = float(alert_drop)
         self.modes = dict(modes or {})
-        # name -> {"best": float | None, "best_step": int | None, "episode": str | None}
+        self.alert_level = float(alert_level)
+        self.z_threshold = z_threshold(self.alert_level)
+        self.only_significant = bool(only_significant)
+        self.min_best = float(min_best)
+        # name -> {"best": float | None, "best_step": int | None, "episode": str | None,
+        #          "best_se": float | None (the SE of the best's eval; None: unknown)}
         self._state: dict[str, dict[str, Any]] = {}
 
     def mode(self, name: str) -> Mode:
@@ -123,8 +208,15 @@ class OODMonitor:
         s = self._state.get(name)
         return None if s is None else s["best"]
 
-    def update(self, metrics: dict[str, float], step: int, tokens: int) -> list[AlertEvent]:
-        """Feed one eval's metrics; the alerts it raises (in the order of the watched names)."""
+    def update(
+        self,
+        metrics: dict[str, float],
+        step: int,
+        tokens: int,
+        noise: dict[str, float] | None = None,
+    ) -> list[AlertEvent]:
+        """Feed one eval's metrics (and, optionally, `noise`: the standard error of each metric
+        at this eval); the alerts it raises (in the order of the watched names)."""
         names = self.metrics if self.metrics is not None else list(metrics)
         alerts: list[AlertEvent] = []
         for name in names:
@@ -132,17 +224,29 @@ class OODMonitor:
                 continue
             value = float(metrics[name])
             mode = self.mode(name)
-            s = self._state.setdefault(name, {"best": None, "best_step": None, "episode": None})
+            se_now = _se_of(noise, name)
+            s = self._state.setdefault(
+                name, {"best": None, "best_step": None, "episode": None, "best_se": None}
+            )
             best = s["best"]
+            z = se = significant = None
             if not math.isfinite(value):
-                reason, drop = "non-finite", math.inf
+                reason, drop, significant = "non-finite", math.inf, True
             elif best is None or _is_better(value, best, mode):
-                s.update(best=value, best_step=int(step), episode=None)
+                s.update(best=value, best_step=int(step), episode=None, best_se=se_now)
                 continue
             else:
                 drop = relative_drop(value, best, mode)
-                if not drop > self.alert_drop:
-                    s["episode"] = None  # within the threshold: any drop episode is over
+                if se_now is not None and s["best_se"] is not None:
+                    se = math.hypot(se_now, s["best_se"])
+                    z = drop_z(value, best, se_now, s["best_se"], mode)
+                    significant = z >= self.z_threshold
+                if (
+                    not drop > self.alert_drop
+                    or abs(best) < self.min_best
+                    or (self.only_significant and significant is False)
+                ):
+                    s["episode"] = None  # no alert: any drop episode is over
                     continue
                 reason = "drop"
             alerts.append(
@@ -156,6 +260,9 @@ class OODMonitor:
                     tokens=int(tokens),
                     first=s["episode"] != reason,
                     reason=reason,
+                    z=z,
+                    se=se,
+                    significant=significant,
                 )
             )
             s["episode"] = reason
@@ -165,10 +272,16 @@ class OODMonitor:
         return {"metrics": {k: dict(v) for k, v in self._state.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the per-metric bests and episodes (`alert_drop`, `modes` and the watched names
-        stay as constructed, so a resumed run may change them)."""
+        """Restore the per-metric bests, their SEs and the episodes (`alert_drop`, the noise
+        options, `modes` and the watched names stay as constructed, so a resumed run may change
+        them). A state saved before SEs were kept loads with the bests' SEs unknown."""
         self._state = {
-            k: {"best": v["best"], "best_step": v["best_step"], "episode": v.get("episode")}
+            k: {
+                "best": v["best"],
+                "best_step": v["best_step"],
+                "episode": v.get("episode"),
+                "best_se": v.get("best_se"),
+            }
             for k, v in state.get("metrics", {}).items()
         }
 

@@ -68,6 +68,8 @@ class Counters:
     nonfinite_in_a_row: int = 0
     skipped_steps: int = 0
     alerts: int = 0
+    alerts_significant: int = 0  # alerts whose drop is beyond the eval noise (or non-finite)
+    alerts_within_noise: int = 0  # alerts whose drop is within it (unknown noise: neither)
     best: float | None = None
     next_eval: int = 0
     next_checkpoint: int = 0
@@ -494,6 +496,8 @@ class Trainer:
             "best": c.best,
             "best_metric": self.evaluation.best_metric,
             "alerts": c.alerts,
+            "alerts_significant": c.alerts_significant,
+            "alerts_within_noise": c.alerts_within_noise,
         }
         self._export(summary)
         self.log.close()
