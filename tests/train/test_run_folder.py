@@ -81,6 +81,20 @@ def test_a_fresh_start_does_not_append_to_a_dead_attempt(make_cfg):
     assert run.summary()["steps"] == 5
 
 
+def test_a_resume_drops_the_restore_best_record_of_the_earlier_end(tmp_path):
+    """restore_best is written at a run's end, after its last checkpoint: a run resumed from
+    that checkpoint (a larger budget) has not ended yet, and will write its own."""
+    run = RunDir(tmp_path)
+    lines = [
+        {"event": "eval", "step": 4, "tokens": 2048, "time": 1.0},
+        {"event": "restore_best", "step": 4, "tokens": 2048, "time": 1.0, "best_step": 2},
+        {"event": "train", "step": 5, "tokens": 2560, "time": 1.5},
+    ]
+    run.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert run.trim_metrics(4) == 2
+    assert run.metrics() == lines[:1]
+
+
 def test_resuming_a_finished_run_keeps_its_summary(make_cfg, capsys):
     """Audit A5: --resume on a finished run rewrote summary.json with final {} and 0 s."""
     cfg = make_cfg("train.total_tokens=2560", "eval.sets=[{name: val, split: val}]")
