@@ -136,7 +136,7 @@ def run_config(args: argparse.Namespace, name: str, seed: int, out_dir: Path) ->
         "train.precision=fp32",
         "train.checkpoint_every_tokens=0",
         "train.best_metric=null",
-        "train.tensorboard=false",
+        "train.loggers=[]",
         "train.progress=false",
         "eval.sets=[]",
         "eval.every_tokens=0",

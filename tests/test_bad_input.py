@@ -139,6 +139,16 @@ CASES = {
         "monitor.alert_level: Input should be less than 0.5",
         TRAIN,
     ),
+    "the replaced tensorboard key": Case(
+        ["train", "{cfg}", "train.tensorboard=false"],
+        "c.yaml: train.tensorboard: replaced by train.loggers ([] turns TensorBoard off)",
+        TRAIN,
+    ),
+    "a logger twice": Case(
+        ["train", "{cfg}", "train.loggers=[tensorboard, tensorboard]"],
+        "train.loggers: each logger at most once, got ['tensorboard', 'tensorboard']",
+        TRAIN,
+    ),
     "alert hook with no program": Case(  # was a ValueError traceback at the trainer's start
         ["train", "{cfg}", "monitor.on_alert=['']"],
         "monitor.on_alert: expected a program and its arguments, got ['']",
@@ -251,7 +261,7 @@ data:
     val: {{kind: jsonl, path: {root / "val.jsonl"}}}
 batching: {{strategy: concat_chunk, tokens_per_step: 128, max_len: 64}}
 model: {{n_layer: 1, n_head: 2, d_model: 16, max_position: 64}}
-train: {{out_dir: run_new, total_tokens: 256, progress: false, tensorboard: false}}
+train: {{out_dir: run_new, total_tokens: 256, progress: false, loggers: []}}
 """
     )
     assert main(["prepare", str(cfg), "--quiet"]) == 0

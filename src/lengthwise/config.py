@@ -343,8 +343,25 @@ class TrainConfig(Strict):
     # name); None: the early-stopping metric when early stopping is on
     best_metric: str | None = None
     progress: bool = True  # progress bar (tokens/s, ETA)
-    tensorboard: bool = True  # also write TensorBoard events
+    # trackers fed beside metrics.jsonl (always written): every numeric field as a scalar, and
+    # alerts, early stops, the restored best step, skipped steps and the hook as events.
+    # wandb and mlflow are extras (pip install 'lengthwise[wandb]' / 'lengthwise[mlflow]');
+    # W&B syncs online when logged in, WANDB_MODE=offline keeps it in RUN/wandb
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = ["tensorboard"]
+    # W&B project and MLflow experiment the run is logged to
+    project: str = Field(default="lengthwise", min_length=1)
+    run_name: str | None = None  # W&B and MLflow run name; None: the run folder's name
+    # None: MLFLOW_TRACKING_URI when set, else sqlite:///RUN/mlflow.db (artifacts in
+    # RUN/mlartifacts); e.g. http://host:5000 for a tracking server
+    mlflow_tracking_uri: str | None = None
     peak_tflops: float | None = Field(default=None, gt=0)  # per device, for the MFU estimate
+
+    @field_validator("loggers")
+    @classmethod
+    def _loggers_once(cls, loggers: list[str]) -> list[str]:
+        if len(set(loggers)) != len(loggers):
+            raise ValueError(f"each logger at most once, got {loggers}")
+        return loggers
 
 
 class EvalSetConfig(Strict):
@@ -458,6 +475,13 @@ class DistributedConfig(Strict):
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, else gloo
 
 
+# keys that are gone, with what replaced them: a config (or an older run's config.yaml) that
+# still sets one gets this line, not a bare "unknown key"
+_REPLACED_KEYS = {
+    ("train", "tensorboard"): "replaced by train.loggers ([] turns TensorBoard off)",
+}
+
+
 class Config(Strict):
     data: DataConfig
     batching: BatchingConfig = BatchingConfig()
@@ -468,6 +492,15 @@ class Config(Strict):
     eval: EvalConfig = EvalConfig()
     monitor: MonitorConfig = MonitorConfig()
     distributed: DistributedConfig = DistributedConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, tree: Any) -> Any:
+        for (section, key), why in _REPLACED_KEYS.items():
+            node = tree.get(section) if isinstance(tree, dict) else None
+            if isinstance(node, dict) and key in node:
+                raise ValueError(f"{section}.{key}: {why}")
+        return tree
 
     @model_validator(mode="after")
     def _check_positions(self) -> Config:

@@ -6,7 +6,8 @@ A run folder (`train.out_dir`) is read by the trainer when it resumes, by `expor
     RUN/config.yaml       the resolved config (vocab size and the like filled in)
     RUN/tokenizer.json    the data's tokenizer, copied at the start
     RUN/metrics.jsonl     one JSON object per line, every one with `event`, `time`, `tokens`,
-                          `step`: train | eval | alert | early_stop | nonfinite | hook
+                          `step`: train | eval | alert | early_stop | restore_best |
+                          nonfinite | hook
                           (the source of truth for curves; after a resume it holds exactly the
                           records of an uninterrupted run)
     RUN/summary.json      written once the run ends (completed, early_stopping or paused)
@@ -14,7 +15,10 @@ A run folder (`train.out_dir`) is read by the trainer when it resumes, by `expor
     RUN/checkpoints/      step-NNNNNNNN/ and best/ (lengthwise.train.checkpoint)
     RUN/export/           the final weights (lengthwise.eval.exported)
     RUN/eval/SUITE.json   `lengthwise eval` results (lengths, valley, memorization) + PNGs
-    RUN/tensorboard/      event files, for TensorBoard only
+    RUN/tensorboard/      event files, for TensorBoard only (train.loggers)
+    RUN/wandb/            W&B's run files (train.loggers: wandb)
+    RUN/mlflow.db         MLflow's tracking store, artifacts in RUN/mlartifacts/ (mlflow)
+    RUN/trackers.json     the W&B and MLflow run ids, so that --resume continues those runs
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from lengthwise.config import Config, dump_config, load_config
+from lengthwise.config import Config, dump_config, format_validation_error, read_yaml_mapping
 from lengthwise.errors import UserError
 from lengthwise.io import atomic_write_text
 
@@ -81,6 +86,10 @@ class RunDir:
     def tensorboard_dir(self) -> Path:
         return self.path / "tensorboard"
 
+    @property
+    def trackers_path(self) -> Path:
+        return self.path / "trackers.json"
+
     def is_run(self) -> bool:
         """A folder `lengthwise train` started (it writes config.yaml first)."""
         return self.config_path.is_file()
@@ -93,8 +102,18 @@ class RunDir:
     # ------------------------------------------------------------------ readers
 
     def config(self) -> Config:
-        """The run's resolved config, validated (UserError naming the file otherwise)."""
-        return load_config(self.require().config_path)
+        """The run's resolved config, validated (UserError naming the file otherwise). A run
+        written before `train.loggers` existed has `train.tensorboard: true/false`: read as
+        the loggers it meant, so older runs still export, evaluate and report."""
+        path = self.require().config_path
+        tree = read_yaml_mapping(path)
+        train = tree.get("train")
+        if isinstance(train, dict) and isinstance(train.get("tensorboard"), bool):
+            train["loggers"] = ["tensorboard"] if train.pop("tensorboard") else []
+        try:
+            return Config.model_validate(tree)
+        except ValidationError as e:
+            raise UserError(format_validation_error(str(path), e)) from None
 
     def config_tree(self) -> dict[str, Any] | None:
         """config.yaml as a plain mapping, unvalidated (reports of older runs); None if it is
@@ -119,6 +138,11 @@ class RunDir:
     def summary(self) -> dict[str, Any] | None:
         return _read_json(self.summary_path)
 
+    def trackers(self) -> dict[str, Any] | None:
+        """trackers.json: {"wandb": {"id"}, "mlflow": {"tracking_uri", "run_id"}}."""
+        tree = _read_json(self.trackers_path)
+        return tree if isinstance(tree, dict) else None
+
     def data_stats(self) -> dict[str, Any] | None:
         return _read_json(self.data_stats_path)
 
@@ -140,11 +164,13 @@ class RunDir:
         """Keep the records of steps <= `last_step` (the checkpoint a run resumes from) and drop
         the rest, including a torn last line: after the resume the file holds exactly what an
         uninterrupted run would have written. `last_step` 0 empties it (a fresh start). Returns
-        the number of records dropped."""
+        the number of records dropped. A `restore_best` record goes too: it is written at a
+        run's end, and a run that resumes has not reached its (new) end yet."""
         if not self.metrics_path.is_file():
             return 0
         records, bad = self.metrics_with_errors()
         kept = [r for r in records if int(r.get("step", 0)) <= last_step and last_step > 0]
+        kept = [r for r in kept if r.get("event") != "restore_best"]
         dropped = len(records) - len(kept) + bad
         if dropped:
             atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))

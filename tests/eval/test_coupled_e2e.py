@@ -85,7 +85,7 @@ def config(tmp_path: Path, total_tokens: int, n_eval: int, scales: dict[str, int
                 "total_tokens": total_tokens,
                 "device": "cpu",
                 "progress": False,
-                "tensorboard": False,
+                "loggers": [],
                 "log_every_steps": 50,
             },
             "eval": {"every_tokens": 0, "sets": sets, "batch_size": 100},

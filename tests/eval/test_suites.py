@@ -41,7 +41,7 @@ def task_run(tmp_path_factory):
             "out_dir": str(root / "run"),
             "total_tokens": 8192,
             "progress": False,
-            "tensorboard": False,
+            "loggers": [],
         },
     }
     cfg = Config.model_validate(tree)

@@ -62,7 +62,7 @@ def runs(tmp_path_factory):
             "out_dir": str(root / name),
             "total_tokens": tokens,
             "progress": False,
-            "tensorboard": False,
+            "loggers": [],
             "log_every_steps": 1,
         }
 

@@ -68,7 +68,7 @@ def tiny_config(data: dict, out_dir: Path, *overrides: str) -> Config:
             "out_dir": str(out_dir),
             "total_tokens": 20 * 512,
             "progress": False,
-            "tensorboard": False,
+            "loggers": [],
             "log_every_steps": 1,
             "seed": 0,
         },

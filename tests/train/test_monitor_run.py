@@ -44,7 +44,7 @@ def run(data, out: Path, **monitor) -> tuple[dict, list[dict]]:
                 "out_dir": str(out),
                 "total_tokens": 40960,
                 "progress": False,
-                "tensorboard": False,
+                "loggers": [],
                 "log_every_steps": 4,
             },
             "eval": {

@@ -73,7 +73,7 @@ def config(tmp_path: Path, *overrides: str) -> Config:
             "total_tokens": 2_500_000,
             "device": "cpu",
             "progress": False,
-            "tensorboard": False,
+            "loggers": [],
             "log_every_steps": 16,
         },
         "eval": {

@@ -81,6 +81,20 @@ def test_a_fresh_start_does_not_append_to_a_dead_attempt(make_cfg):
     assert run.summary()["steps"] == 5
 
 
+def test_a_resume_drops_the_restore_best_record_of_the_earlier_end(tmp_path):
+    """restore_best is written at a run's end, after its last checkpoint: a run resumed from
+    that checkpoint (a larger budget) has not ended yet, and will write its own."""
+    run = RunDir(tmp_path)
+    lines = [
+        {"event": "eval", "step": 4, "tokens": 2048, "time": 1.0},
+        {"event": "restore_best", "step": 4, "tokens": 2048, "time": 1.0, "best_step": 2},
+        {"event": "train", "step": 5, "tokens": 2560, "time": 1.5},
+    ]
+    run.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert run.trim_metrics(4) == 2
+    assert run.metrics() == lines[:1]
+
+
 def test_resuming_a_finished_run_keeps_its_summary(make_cfg, capsys):
     """Audit A5: --resume on a finished run rewrote summary.json with final {} and 0 s."""
     cfg = make_cfg("train.total_tokens=2560", "eval.sets=[{name: val, split: val}]")
@@ -198,3 +212,20 @@ def test_the_budget_can_count_real_target_tokens(make_cfg):
     )
     t.account(t.train_step(next(t.loader)))
     assert t.budget == t.counters.target_tokens < t.counters.tokens
+
+
+@pytest.mark.parametrize("old, loggers", [(True, ["tensorboard"]), (False, [])])
+def test_a_run_written_before_train_loggers_still_loads(make_cfg, tmp_path, old, loggers):
+    """config.yaml of a run from before `train.loggers` says `train.tensorboard: bool`: the
+    run folder still reads (export, eval, report), while a new config with the key is refused."""
+    import yaml
+
+    cfg = make_cfg()
+    run = RunDir(cfg.train.out_dir)
+    run.path.mkdir(parents=True)
+    tree = cfg.model_dump(mode="json")
+    del tree["train"]["loggers"]
+    tree["train"]["tensorboard"] = old
+    run.config_path.write_text(yaml.safe_dump(tree))
+    assert run.config().train.loggers == loggers
+    assert run.config().model == cfg.model

@@ -1,9 +1,11 @@
-"""Run logging: JSONL (the source of truth), TensorBoard event files, and a progress bar.
+"""Run logging: JSONL (the source of truth), the trackers of `train.loggers`, a progress bar.
 
 Only the main rank logs. Each JSONL line is one event with `event`, `time`, `tokens` and `step`
 (lengthwise.rundir lists the kinds); plots and reports read this file, never live objects. A
-resumed run first trims the file back to its checkpoint (`RunDir.trim_metrics`), and TensorBoard
-hides the events past it (`purge_step`), so both read as one uninterrupted run.
+resumed run first trims the file back to its checkpoint (`RunDir.trim_metrics`), so it reads as
+one uninterrupted run. Every record also goes to the trackers (lengthwise.train.trackers): its
+numeric fields as scalars, and the kinds in EVENTS as events. A tracker that fails mid-run
+(a tracking server gone) is dropped with one warning line: the run and its JSONL go on.
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from tqdm import tqdm
 
 from lengthwise.rundir import RunDir
+from lengthwise.train.trackers import EVENTS, Tracker, first_line
+
+_HEADER = ("tokens", "time", "step")  # numbers every record has: not scalars
 
 
 class RunLog:
@@ -26,11 +32,12 @@ class RunLog:
         start_tokens: int,
         enabled: bool,
         progress: bool,
-        tensorboard: bool,
+        trackers: Sequence[Tracker] = (),
         start_seconds: float = 0.0,
     ) -> None:
         """`start_tokens`/`start_seconds`: where a resumed run's budget and clock stood at its
-        checkpoint, so the bar, the TensorBoard steps and the `time` of the records continue."""
+        checkpoint, so the bar and the `time` of the records continue. `trackers`: opened by
+        the caller (lengthwise.train.trackers.open_trackers), closed here."""
         self.enabled = enabled
         # Kept open for the whole run (closed in close()): one line per event, flushed.
         self._file = (
@@ -38,12 +45,8 @@ class RunLog:
             if enabled
             else None
         )
-        self._tb = None
-        if enabled and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # imports TensorFlow stubs: slow
-
-            # events logged past the checkpoint by an interrupted attempt are hidden
-            self._tb = SummaryWriter(log_dir=str(run.tensorboard_dir), purge_step=start_tokens + 1)
+        self._trackers = list(trackers) if enabled else []
+        self._closed = False
         self._bar = tqdm(
             total=total_tokens,
             initial=start_tokens,
@@ -65,10 +68,25 @@ class RunLog:
         record.update({k: _plain(v) for k, v in fields.items()})
         self._file.write(json.dumps(record) + "\n")  # type: ignore[union-attr]
         self._file.flush()  # type: ignore[union-attr]
-        if self._tb is not None:
-            for k, v in record.items():
-                if isinstance(v, int | float) and k not in ("tokens", "time", "step"):
-                    self._tb.add_scalar(f"{event}/{k}" if "/" not in k else k, v, tokens)
+        if not self._trackers:
+            return
+        scalars = {
+            k if "/" in k else f"{event}/{k}": v
+            for k, v in record.items()
+            if isinstance(v, int | float) and k not in _HEADER  # NaN/inf are strings by now
+        }
+        for tracker in list(self._trackers):
+            try:
+                if scalars:
+                    tracker.log_scalars(tokens, scalars)
+                if event in EVENTS:
+                    tracker.log_event(event, record)
+            except Exception as e:  # a dashboard must not end a long run
+                self._trackers.remove(tracker)
+                self.message(
+                    f"warning: {type(tracker).__name__} failed ({first_line(e)}); it is off "
+                    "for the rest of this run (metrics.jsonl has every record)"
+                )
 
     def advance(self, tokens: int, **postfix: Any) -> None:
         self._bar.update(tokens)
@@ -80,12 +98,20 @@ class RunLog:
         if self.enabled:
             tqdm.write(text)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Once (later calls do nothing); `failed`: the run ended by an exception, which the
+        W&B and MLflow runs record."""
+        if self._closed:
+            return
+        self._closed = True
         self._bar.close()
         if self._file is not None:
             self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self._trackers:
+            try:
+                tracker.close(failed=failed)
+            except Exception as e:
+                self.message(f"warning: {type(tracker).__name__} did not close ({first_line(e)})")
 
 
 def _plain(v: Any) -> Any:

@@ -51,6 +51,7 @@ from lengthwise.train.distributed import (
 from lengthwise.train.evaluation import EvalOutcome, EvalRound
 from lengthwise.train.log import RunLog
 from lengthwise.train.optim import build_optimizer, lr_at, penalty
+from lengthwise.train.trackers import check_loggers, open_trackers
 
 
 class TrainingDiverged(RuntimeError):
@@ -185,6 +186,7 @@ class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, quiet: bool = False) -> None:
         """Everything is checked before anything is written: the data, the tokenizer, the
         config against the checkpoint on --resume (a refused run leaves its folder as it was)."""
+        check_loggers(cfg.train.loggers)
         self.dist = init_distributed(cfg.distributed.backend, _device_type(cfg))
         self.device = resolve_device(cfg, self.dist)
         if self.device.type == "cuda":
@@ -250,13 +252,14 @@ class Trainer:
         self._window_tokens, self._window_start = 0, time.time()  # for tokens/s
         torch.manual_seed(cfg.train.seed + 1 + self.dist.rank)  # dropout etc., per rank
         self.finished = self._start(resume)
+        logs = self.dist.is_main and self.finished is None  # only the main rank logs
         self.log = RunLog(
             self.run,
             cfg.train.total_tokens,
             self.budget,
-            self.dist.is_main and self.finished is None,
+            logs,
             cfg.train.progress and not quiet,
-            cfg.train.tensorboard,
+            open_trackers(cfg, self.run, self.counters.tokens) if logs else [],
             start_seconds=self.counters.seconds,
         )
         hook = self.evaluation.describe_hook()
@@ -482,6 +485,15 @@ class Trainer:
         restored = None
         if self.cfg.monitor.restore_best and reason != "paused":
             restored = self.checkpointer.restore_best(self.model_plain, self.optimizer)
+        if restored is not None:  # an event for every tracker, not only summary.json
+            self.log.write(
+                "restore_best",
+                c.tokens,
+                c.step,
+                best_step=restored,
+                metric=self.evaluation.best_metric,
+                best=c.best,
+            )
         summary = {
             "stop_reason": reason,
             "stop_detail": last.stop_reason,
@@ -638,7 +650,11 @@ def train(
     cfg: Config, resume: bool = False, quiet: bool = False, stop_at_step: int | None = None
 ) -> dict[str, Any]:
     trainer = Trainer(cfg, resume=resume, quiet=quiet)
-    summary = trainer.fit(stop_at_step=stop_at_step)
+    try:
+        summary = trainer.fit(stop_at_step=stop_at_step)
+    except BaseException:
+        trainer.log.close(failed=True)  # the W&B and MLflow runs end as failed, not running
+        raise
     # Only after success (a rank that failed exits and torchrun stops the others; a barrier here
     # would wait forever for it). DDP/FSDP2 hold the process group: free them first, so its
     # threads stop now rather than in interpreter teardown.
