@@ -386,9 +386,11 @@ def measure_speed(demo: Demo) -> Speed:
 
 def _tokens_per_s(cfg: Config, rows: int, T: int, steps: int) -> float:
     from lengthwise.data.store import TokenStore
+    from lengthwise.data.tokenizer import load_tokenizer
     from lengthwise.train.trainer import build_model
 
-    model, cfg = build_model(cfg, TokenStore(cfg.data.out_dir / "train"))
+    tokenizer = load_tokenizer(cfg.data.out_dir / "tokenizer.json")
+    model, cfg = build_model(cfg, TokenStore(cfg.data.out_dir / "train"), tokenizer)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, cfg.model.vocab_size, (rows, T + 1), generator=gen)
