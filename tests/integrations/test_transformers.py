@@ -343,8 +343,10 @@ def replay(log_history: list[dict], alert_drop: float, patience: int):
     for r in log_history:
         if "eval_ood/loss" not in r:
             continue
-        metrics = {k[5:]: v for k, v in r.items() if k.startswith("eval_") and k != "eval_tokens"}
-        fired = monitor.update(metrics, r["step"], r["eval_tokens"])
+        metrics = {
+            k[5:]: v for k, v in r.items() if k.startswith("eval_") and k != "eval_tokens_seen"
+        }
+        fired = monitor.update(metrics, r["step"], r["eval_tokens_seen"])
         alerts += [(a.metric, a.step) for a in fired]
         if stopper.update(metrics["ood_mean/loss"], r["step"], alert=bool(fired)).stop:
             return alerts, r["step"], stopper.best_step

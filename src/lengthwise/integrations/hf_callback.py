@@ -61,7 +61,7 @@ class _TrainerLog:
     def write(self, event: str, tokens: int, step: int, **fields: Any) -> None:
         trainer = self.cb.trainer
         if event == "eval":
-            trainer.log({"eval_tokens": tokens, **{f"eval_{k}": v for k, v in fields.items()}})
+            trainer.log({"eval_tokens_seen": tokens, **{f"eval_{k}": v for k, v in fields.items()}})
         elif event == "alert":
             self.cb.alerts.append({"step": step, "tokens": tokens, **fields})
             trainer.log({f"eval_alert/{fields['metric']}": fields["drop"]})
