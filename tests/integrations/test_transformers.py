@@ -3,7 +3,11 @@ lengthwise's loader (also after a resume), its loss is lengthwise's mean token l
 GeneralizationCallback decides (alerts, early stop, best checkpoint) what its rules replayed on
 its own log decide."""
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -389,3 +393,39 @@ def test_callback_stops_where_the_rule_replayed_on_its_log_says(hf_data, tmp_pat
     assert cb.restored_step == best < stop
     assert trainer.state.best_model_checkpoint == str(tmp_path / f"checkpoint-{best}")
     assert_same_weights(trainer.model.state_dict(), weights.at[best])
+
+
+# ------------------------------------------------------------------------------ two ranks
+
+
+@pytest.mark.slow
+def test_two_ranks_train_as_one_process(hf_data, tmp_path):
+    """torchrun, 2 gloo processes on CPU (~20 s) against one process: each rank trains on its
+    half of every step's rows (together exactly the one-process batch), the loss is normalized
+    by the global target count, so the weights after 6 steps are the one-process weights (up
+    to the order of the float sums), and the evals agree."""
+    from hf_ddp_worker import run  # tests/integrations/hf_ddp_worker.py
+
+    worker = Path(__file__).parent / "hf_ddp_worker.py"
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(worker)]
+    done = subprocess.run(
+        [*cmd, json.dumps(hf_data), str(tmp_path / "two")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = torch.load(run(hf_data, tmp_path / "one"))
+    r0, r1 = (torch.load(tmp_path / "two" / f"rank{r}.pt") for r in (0, 1))
+    assert len(one["seen"]) == len(r0["seen"]) == len(r1["seen"]) == 6
+    for (x, n), (a, m0), (b, m1) in zip(one["seen"], r0["seen"], r1["seen"], strict=True):
+        assert torch.equal(torch.cat([a, b]), x) and len(a) == len(b) == len(x) // 2
+        assert n == m0 == m1  # the global count on both ranks
+    assert_same_weights(r0["weights"], r1["weights"])
+    for k, w in one["weights"].items():
+        assert torch.allclose(w, r0["weights"][k], atol=1e-5), k
+    evals = [[r for r in d["log"] if "eval_ood/loss" in r] for d in (one, r0)]
+    assert [r["step"] for r in evals[0]] == [r["step"] for r in evals[1]] == [3, 6]
+    for a, b in zip(*evals, strict=True):
+        assert a["eval_tokens_seen"] == b["eval_tokens_seen"]
+        for key in ("eval_val/loss", "eval_ood/loss"):
+            assert abs(a[key] - b[key]) < 1e-5
