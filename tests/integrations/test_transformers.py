@@ -325,6 +325,13 @@ def test_refuses_what_would_change_the_batches(hf_data, tmp_path):
     )
     with pytest.raises(UserError, match="'sdpa', the model runs 'lengthwise'"):
         other.train()
+    with pytest.raises(UserError, match="restore_callback_states_from_checkpoint"):
+        LengthwiseTrainer(
+            model=tiny_llama(hf_data),
+            args=hf_args(tmp_path, 2, restore_callback_states_from_checkpoint=True),
+            train_dataset=lengthwise_dataset(store, DD),
+            callbacks=[GeneralizationCallback(eval_config(hf_data), every_steps=1)],
+        )
     unattached = LengthwiseTrainer(
         model=tiny_llama(hf_data),
         args=hf_args(tmp_path, 2),
@@ -336,6 +343,31 @@ def test_refuses_what_would_change_the_batches(hf_data, tmp_path):
 
 
 # ------------------------------------------------------------------------------ the callback
+
+
+@pytest.mark.parametrize("unit", ["slots", "targets"])
+def test_callback_evaluates_every_tokens_of_the_budget_unit(hf_data, tmp_path, unit):
+    """eval.every_tokens counts what the lengthwise trainer counts: input slots (512 a step)
+    or real targets (summed from the steps' batches), and always evaluates at the last step."""
+    every = 1024 if unit == "slots" else 900
+    cfg = eval_config(hf_data).model_dump(mode="json")
+    cfg["eval"]["every_tokens"], cfg["train"] = every, {"budget_unit": unit}
+    trainer = LengthwiseTrainer(
+        model=tiny_llama(hf_data),
+        args=hf_args(tmp_path, 7),
+        train_dataset=lengthwise_dataset(store_of(hf_data), DD),
+        callbacks=[GeneralizationCallback(Config.model_validate(cfg))],
+    )
+    trainer.train()
+    expected, mark, spent = [], every, 0
+    for step, batch in enumerate(reference_batches(hf_data, DD, 7), start=1):
+        spent += batch.input_ids.numel() if unit == "slots" else batch.n_target_tokens
+        if spent >= mark or step == 7:
+            expected.append(step)
+            mark = spent + every
+    evals = [r for r in trainer.state.log_history if "eval_ood/loss" in r]
+    assert [r["step"] for r in evals] == expected and len(expected) >= 3
+    assert [r["eval_tokens_seen"] for r in evals] == [512 * s for s in expected]
 
 
 def replay(log_history: list[dict], alert_drop: float, patience: int):
