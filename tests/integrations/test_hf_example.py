@@ -14,13 +14,13 @@ import hf_trainer_dd  # noqa: E402
 
 
 def test_example_runs_a_few_steps(tmp_path):
-    """12 steps, evals at 6 and 12: the second is the best (the model is still learning both
+    """8 steps, evals at 4 and 8: the second is the best (the model is still learning both
     domains), its checkpoint is saved and restored."""
-    argv = ["--steps", "12", "--eval-every", "6", "--eval-tokens", "512"]
+    argv = ["--steps", "8", "--eval-every", "4", "--eval-tokens", "256"]
     summary = hf_trainer_dd.main([*argv, "--data", str(tmp_path / "data"), "--out", str(tmp_path)])
-    assert summary["steps"] == 12 and summary["stop"] is None and summary["alerts"] == 0
-    assert summary["best_step"] == summary["restored_step"] == 12
-    assert (tmp_path / "checkpoint-12" / "model.safetensors").is_file()
+    assert summary["steps"] == 8 and summary["stop"] is None and summary["alerts"] == 0
+    assert summary["best_step"] == summary["restored_step"] == 8
+    assert (tmp_path / "checkpoint-8" / "model.safetensors").is_file()
 
 
 @pytest.mark.slow

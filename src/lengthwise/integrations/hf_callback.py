@@ -129,14 +129,14 @@ class GeneralizationCallback(TrainerCallback, ExportableState):
 
     # ------------------------------------------------------------------ events
 
-    def on_init_end(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_init_end(self, args, state, control, **kwargs):
         if args.restore_callback_states_from_checkpoint:
             raise UserError(
                 "GeneralizationCallback restores its own state from the checkpoint: leave "
                 "TrainingArguments.restore_callback_states_from_checkpoint False"
             )
 
-    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):  # noqa: ANN001
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         self._check(args, train_dataloader)
         if self.round is None:
             self.round = self._build_round(args, state)
@@ -151,7 +151,7 @@ class GeneralizationCallback(TrainerCallback, ExportableState):
             self._load(saved["attributes"]["lengthwise_eval"])
         state.stateful_callbacks.setdefault(name, self.state())  # a checkpoint without us
 
-    def on_step_end(self, args, state, control, model=None, train_dataloader=None, **kwargs):  # noqa: ANN001
+    def on_step_end(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         c = self.counters
         c.step = state.global_step
         c.tokens, c.target_tokens = self._tokens(args, state, train_dataloader)
@@ -175,7 +175,7 @@ class GeneralizationCallback(TrainerCallback, ExportableState):
             control.should_training_stop = True
         return control
 
-    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_train_end(self, args, state, control, **kwargs):
         best = state.best_model_checkpoint
         if not self.restore_best or self.best_step is None or not best or not os.path.isdir(best):
             return control

@@ -52,7 +52,7 @@ class LengthwiseDataState(TrainerCallback, ExportableState):
         data = self.dataset.state_dict() if self.dataset is not None else self.data
         return {"args": {}, "attributes": {"data": data}}
 
-    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):  # noqa: ANN001
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         dataset = getattr(train_dataloader, "dataset", None)
         if not isinstance(dataset, LengthwiseDataset):
             return
