@@ -14,6 +14,7 @@ FLOORS = [
     {"cli", "config_reference"},
     {"experiments"},
     {"demo", "export"},
+    {"integrations"},  # above train: its HF Trainer callback runs train's EvalRound
     {"train", "report"},
     {"eval"},
     {"data", "model", "rundir"},
