@@ -74,7 +74,7 @@ from lengthwise.eval.loss import eval_rows
 from lengthwise.model.gpt import ff_width
 from lengthwise.train.optim import lr_at
 
-HF_PEERS = ("hf_padded", "hf_flatten", "hf_group_texts", "llama_hf_padded")
+HF_PEERS = ("hf_padded", "hf_flatten", "hf_group_texts", "llama_hf_padded", "llama_hf_dd")
 OURS = {  # row name -> (batching.strategy, batching.curriculum.name)
     "concat_chunk": ("concat_chunk", "none"),
     "best_fit": ("best_fit", "none"),
@@ -85,7 +85,13 @@ OURS = {  # row name -> (batching.strategy, batching.curriculum.name)
     "llama_decomposition_grow_p2": ("decomposition", "grow_p2"),
 }
 PEERS = (*HF_PEERS[:3], "concat_chunk", "best_fit", "decomposition_grow_p2")
-LLAMA_PEERS = ("llama_hf_padded", "llama_concat_chunk", "llama_decomposition_grow_p2")
+LLAMA_PEERS = (
+    "llama_hf_padded",
+    "llama_hf_dd",
+    "llama_concat_chunk",
+    "llama_decomposition_grow_p2",
+)
+HF_DD = {"llama_hf_dd": ("decomposition", "grow_p2")}  # HF Trainer on lengthwise's batches
 REF = "hf_padded"
 GPT2_LIKE = ["model.position=learned", "model.mlp=gelu", "model.bias=true"]
 FULL = {"budget": 524_288, "repeats": 3, "snapshots": 8, "eval_tokens": 65_536, "time_limit": 600}
@@ -142,19 +148,19 @@ def run_config(args: argparse.Namespace, name: str, seed: int, out_dir: Path) ->
         "eval.every_tokens=0",
         "monitor.early_stopping.enabled=false",
     ]
-    if name in OURS:
-        strategy, curriculum = OURS[name]
+    if name in OURS or name in HF_DD:
+        strategy, curriculum = {**OURS, **HF_DD}[name]
         overrides += [f"batching.strategy={strategy}", f"batching.curriculum.name={curriculum}"]
     if name.startswith("llama_"):  # the GPT's sizes, as a transformers Llama (model.kind: hf)
         sized = load_config(args.config, overrides).model
         store = TokenStore(base.data.out_dir / "train")
         hf = {"config": llama_config(sized, store.meta["tokenizer"])}
-        if name in HF_PEERS:
+        if name == "llama_hf_padded":
             hf["attention"] = "sdpa"  # HF's recipe as users run it (a padding mask, SDPA)
         llama = {"kind": "hf", "vocab_size": store.meta["tokenizer"]["vocab_size"], "hf": hf}
         overrides.append("model=" + json.dumps(llama))
     cfg = load_config(args.config, overrides)
-    if name in OURS and OURS[name][1] == "grow_p2":
+    if cfg.batching.strategy == "decomposition" and cfg.batching.curriculum.name == "grow_p2":
         cycles = grow_cycles(cfg, args.budget)
         cfg = load_config(args.config, [*overrides, f"batching.curriculum.cycles={cycles}"])
     return cfg
@@ -473,6 +479,69 @@ def train_hf(cfg: Config, name: str, seed: int, rec: Recorder, folder: Path) -> 
     return model
 
 
+def train_hf_dd(cfg: Config, seed: int, rec: Recorder, folder: Path) -> torch.nn.Module:
+    """The stock HF Trainer loop on lengthwise's batches (lengthwise.integrations.transformers:
+    LengthwiseTrainer + lengthwise_dataset, DD + Grow-P2), the Llama `lengthwise train` builds,
+    our AdamW groups and our schedule on real tokens. No row evaluates while it trains (the
+    snapshots are scored afterwards), so GeneralizationCallback has nothing to add here."""
+    from transformers import TrainerCallback, TrainingArguments, set_seed
+    from transformers import logging as hf_logging
+
+    from lengthwise.integrations.transformers import LengthwiseTrainer, lengthwise_dataset
+    from lengthwise.model.build import make_model
+
+    hf_logging.set_verbosity_error()
+    set_seed(seed)
+    o = cfg.optim
+    wrapped = make_model(cfg.model)
+    model = wrapped.hf
+    dataset = lengthwise_dataset(
+        cfg.data.out_dir / "train", cfg.batching, model.config._attn_implementation, 0, 1
+    )
+    opt = torch.optim.AdamW(
+        wrapped.param_groups(o.weight_decay, o.decay_embeddings), lr=o.lr, betas=o.betas, eps=o.eps
+    )
+    # the dataset is read lazily: when step s's lr is set, it has produced exactly s steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_at(dataset.target_tokens, rec.budget, 1.0, cfg.schedule)
+    )
+    last = {"targets": 0, "slots": 0}
+
+    class Feed(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            rec.start(model)
+
+        def on_step_end(self, args, state, control, **kw):
+            targets = dataset.target_tokens - last["targets"]
+            slots = dataset.tokens - last["slots"]
+            last.update(targets=dataset.target_tokens, slots=dataset.tokens)
+            if rec.step(targets, slots, 0, model):
+                control.should_training_stop = True
+
+    args = TrainingArguments(
+        output_dir=str(folder / "hf"),
+        max_steps=rec.budget,  # an upper bound: the callback stops at the budget
+        max_grad_norm=o.grad_clip,
+        seed=seed,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="no",
+        eval_strategy="no",
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
+    trainer = LengthwiseTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        optimizers=(opt, schedule),
+        callbacks=[Feed()],
+    )
+    trainer.train()
+    return model
+
+
 def flatten_probe() -> dict[str, Any]:
     """What HF GPT-2's default attention does with a `DataCollatorWithFlattening` row: the
     largest logit difference between the second of two packed documents and the same document
@@ -528,7 +597,10 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         folder = Path(tmp)
         cfg = run_config(args, name, seed, folder)
         rec = Recorder(args.budget, args.snapshots, folder, args.time_limit)
-        if name in HF_PEERS:
+        if name in HF_DD:
+            model = train_hf_dd(cfg, seed, rec, folder)
+            logits_of = lambda x: model(input_ids=x, use_cache=False).logits
+        elif name in HF_PEERS:
             model = train_hf(cfg, name, seed, rec, folder)
             logits_of = lambda x: model(input_ids=x, use_cache=False).logits
         else:

@@ -39,7 +39,7 @@ from lengthwise.data.store import TokenStore
 from lengthwise.data.strategies import build_strategy
 from lengthwise.errors import UserError
 from lengthwise.model.attention import AttnMask
-from lengthwise.model.hf import ATTENTION, _as_mask
+from lengthwise.model.hf import ATTENTION, as_attention_mask
 
 # implementations that find documents from the restarting position_ids (varlen / BlockMask)
 POSITION_PACKED = ("flash_attention_2", "flash_attention_3", "flex_attention")
@@ -66,7 +66,7 @@ def document_kwargs(doc_ids: torch.Tensor | None, attn_implementation: str) -> d
     if attn_implementation == ATTENTION:
         return {"doc_ids": doc_ids}
     allowed = AttnMask(doc_ids).dense(doc_ids.shape[1], doc_ids.device)
-    return {"attention_mask": _as_mask(allowed, attn_implementation, torch.float32)}
+    return {"attention_mask": as_attention_mask(allowed, attn_implementation, torch.float32)}
 
 
 def to_hf_batch(batch: Batch, attn_implementation: str) -> dict[str, torch.Tensor]:

@@ -249,7 +249,7 @@ class HFModel(nn.Module):
             return {"lengthwise_mask": AttnMask(doc_ids)}
         if impl in ("sdpa", "eager"):
             allowed = AttnMask(doc_ids).dense(T, device)
-            return {"attention_mask": _as_mask(allowed, impl, self.hf.dtype)}
+            return {"attention_mask": as_attention_mask(allowed, impl, self.hf.dtype)}
         return {}  # flash_attention_2 / flex_attention: documents from position_ids
 
     def _cached(
@@ -276,7 +276,7 @@ class HFModel(nn.Module):
             cache.hf = DynamicCache()
         impl = self.attn_implementation
         if impl in (ATTENTION, "sdpa", "eager"):
-            mask = _as_mask(kv_mask(position_ids, key_pos, key_valid), impl, self.hf.dtype)
+            mask = as_attention_mask(kv_mask(position_ids, key_pos, key_valid), impl, self.hf.dtype)
         else:  # flash/flex build their own mask from the 2-D key padding
             ones = torch.ones_like(key_pos, dtype=torch.bool)
             mask = (key_valid if key_valid is not None else ones).long()
@@ -296,7 +296,7 @@ class HFModel(nn.Module):
         self.hf.save_pretrained(out, safe_serialization=True)
 
 
-def _as_mask(allowed: Tensor, impl: str, dtype: torch.dtype) -> Tensor:
+def as_attention_mask(allowed: Tensor, impl: str, dtype: torch.dtype) -> Tensor:
     """A 4-D boolean "may attend" mask as the implementation reads it: eager adds its mask to
     the scores, so it gets 0 / the dtype's minimum."""
     if impl != "eager":
