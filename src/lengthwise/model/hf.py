@@ -13,9 +13,11 @@ keyword `lengthwise_mask` (an `AttnMask`, built once per forward and shared by t
 as a `doc_ids` tensor (what an HF Trainer batch carries, see lengthwise.integrations). An
 implementation that has no mask function in `transformers` gets no mask built, so a packed row
 costs what its documents cost alone. The other implementations get what they need: `sdpa` and
-`eager` a dense (B, 1, T, T) document mask (HF's own packed path), `flash_attention_2` and
-`flex_attention` nothing but the restarting `position_ids`, from which `transformers` finds the
-documents (varlen). Decomposition rows hold one document: plain causal attention, no mask.
+`eager` a dense (B, 1, T, T) document mask (HF's own packed path), `flash_attention_2` the
+segments' cumulative lengths (varlen over the flattened rows), `flex_attention` the restarting
+`position_ids`, from which `transformers` finds the documents. Decomposition rows hold one
+document: plain causal attention (an all-ones padding mask, so that transformers does not read
+documents off task position ids).
 
 Never a hub name and never remote code: a fresh model comes from a config mapping, a pretrained
 one from a local `save_pretrained` folder.
@@ -225,7 +227,7 @@ class HFModel(nn.Module):
                 position_ids=position_ids,
                 use_cache=False,
                 logits_to_keep=keep,
-                **self._document_mask(doc_ids, T, input_ids.device),
+                **self._document_mask(doc_ids, B, T, input_ids.device),
             )
             logits = out.logits
         logits = logits.float()
@@ -238,18 +240,23 @@ class HFModel(nn.Module):
             reduction="sum",
         )
 
-    def _document_mask(self, doc_ids: Tensor | None, T: int, device: torch.device) -> dict:
+    def _document_mask(self, doc_ids: Tensor | None, B: int, T: int, device: torch.device) -> dict:
         """What this attention implementation needs to keep documents apart (see the module
-        docstring); nothing for one document per row."""
-        if doc_ids is None:
-            return {}
+        docstring). With no mask at all, transformers reads documents and causality off the
+        position ids (a new document wherever an id is not the previous + 1, keys allowed by
+        id, not by column), which task position ids (coupled stores) do not follow: one
+        document per row gets an explicit all-ones padding mask (SDPA still runs is_causal)."""
         impl = self.attn_implementation
         if impl == ATTENTION:
-            return {"lengthwise_mask": AttnMask(doc_ids)}
+            return {} if doc_ids is None else {"lengthwise_mask": AttnMask(doc_ids)}
+        if impl == "flash_attention_2":
+            return _varlen_kwargs(doc_ids, B, T, device)
+        if doc_ids is None:
+            return {"attention_mask": torch.ones(B, T, dtype=torch.long, device=device)}
         if impl in ("sdpa", "eager"):
             allowed = AttnMask(doc_ids).dense(T, device)
             return {"attention_mask": _as_mask(allowed, impl, self.hf.dtype)}
-        return {}  # flash_attention_2 / flex_attention: documents from position_ids
+        return {}  # flex_attention: documents from the restarting position_ids
 
     def _cached(
         self,
@@ -293,6 +300,23 @@ class HFModel(nn.Module):
     def save_pretrained(self, out: Path) -> None:
         """A plain save_pretrained folder (safetensors), loadable by AutoModelForCausalLM."""
         self.hf.save_pretrained(out, safe_serialization=True)
+
+
+def _varlen_kwargs(doc_ids: Tensor | None, B: int, T: int, device: torch.device) -> dict:
+    """FlashAttention's varlen arguments for the B x T tokens flattened: cumulative lengths of
+    the segments (documents and padding runs; a whole row for one document per row). Without
+    them transformers finds documents from position_ids only for one-row batches."""
+    segments = [(b, 0, T) for b in range(B)] if doc_ids is None else AttnMask(doc_ids).segments()
+    lengths = [e - s for _, s, e in segments]
+    cu = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    cu = cu.to(device)
+    longest = max(lengths)
+    return {
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
 
 
 def _as_mask(allowed: Tensor, impl: str, dtype: torch.dtype) -> Tensor:
