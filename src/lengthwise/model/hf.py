@@ -423,13 +423,21 @@ def fresh_config(mapping: dict[str, Any], vocab_size: int, transformers: Any) ->
 
 
 def set_dropout(config: Any, cfg: ModelConfig) -> None:
-    """Our model.*_dropout onto the architecture's own dropout fields (a non-zero value wins
-    over the config's); refused where the architecture has no such dropout."""
+    """Our model.*_dropout onto the architecture's own dropout fields, refused where the
+    architecture has no such dropout. A fresh model's dropout is ours, 0 included (GPT-2's
+    config class defaults to 0.1), unless model.hf.config names the field itself; a folder
+    keeps its config.json's dropout unless ours is non-zero."""
+    given = set(cfg.hf.config or {}) if cfg.hf is not None else set()
+    fresh = cfg.hf is not None and cfg.hf.path is None
     for ours, theirs in DROPOUT_FIELDS.items():
         p = getattr(cfg, ours)
-        if p == 0:
-            continue
         name = next((n for n in theirs if hasattr(config, n)), None)
+        if name in given and p != 0:
+            raise UserError(
+                f"model.{ours}: {p}, and model.hf.config.{name} sets the same dropout; set one"
+            )
+        if p == 0 and (name is None or name in given or not fresh):
+            continue
         if name is None:
             raise UserError(
                 f"model.{ours}: {config.model_type} has no such dropout (its config has none of "
