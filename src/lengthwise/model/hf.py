@@ -409,13 +409,17 @@ def fresh_config(mapping: dict[str, Any], vocab_size: int, transformers: Any) ->
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
         raise UserError(f"model.hf.config.model_type: unknown model type '{model_type}'{hint}")
     config_class = CONFIG_MAPPING[model_type]
-    known = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {}))
+    defaults = config_class().to_dict()
+    known = set(defaults) | set(getattr(config_class, "attribute_map", {}))
     for key in keys:
         if key not in known:
             near = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
             raise UserError(f"model.hf.config.{key}: {model_type} configs have no such key{hint}")
     keys.setdefault("vocab_size", vocab_size)
+    for name, value in defaults.items():  # GPT-2's 50256 in a vocabulary of 40: no such token
+        if name.endswith("_token_id") and isinstance(value, int) and value >= keys["vocab_size"]:
+            keys.setdefault(name, None)
     try:
         return transformers.AutoConfig.for_model(model_type, **keys)
     except (ValueError, TypeError, KeyError) as e:
