@@ -25,10 +25,12 @@ one from a local `save_pretrained` folder.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import inspect
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -350,14 +352,15 @@ def build_hf_model(cfg: ModelConfig, vocab_size: int, pretrained: bool = True) -
     where = f"model.hf.path: {cfg.hf.path}" if cfg.hf.path else "model.hf.config"
     try:
         if cfg.hf.path is not None and pretrained:
-            hf = auto.from_pretrained(
-                cfg.hf.path,
-                config=config,
-                attn_implementation=impl,
-                trust_remote_code=False,
-                local_files_only=True,
-                **{_dtype_kwarg(transformers): torch.float32},
-            )
+            with _no_progress_bar():  # a bar per start is noise in the run's log (and --quiet)
+                hf = auto.from_pretrained(
+                    cfg.hf.path,
+                    config=config,
+                    attn_implementation=impl,
+                    trust_remote_code=False,
+                    local_files_only=True,
+                    **{_dtype_kwarg(transformers): torch.float32},
+                )
         else:
             hf = auto.from_config(config, attn_implementation=impl, trust_remote_code=False)
     except (ValueError, ImportError, OSError, KeyError, TypeError) as e:
@@ -448,6 +451,19 @@ def set_dropout(config: Any, cfg: ModelConfig) -> None:
                 f"{', '.join(theirs)}); set it to 0"
             )
         setattr(config, name, p)
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _dtype_kwarg(transformers: Any) -> str:
