@@ -175,3 +175,13 @@ def test_resume_is_bitwise_exact(make_cfg, tmp_path, arch):
     assert losses[0] == losses[1] and len(losses[0]) == 6
     exported = json.loads((tmp_path / "half" / "export" / "config.json").read_text())
     assert exported["model_type"] == name
+
+
+def test_report_describes_the_transformers_model(diverging, tmp_path):
+    """The report's model and position rows come from the transformers config, not from the
+    GPT fields' defaults in RUN/config.yaml (it said "4 layers × d_model 256" and "rope")."""
+    from lengthwise.report import build_report
+
+    _, _, run = diverging
+    page = build_report([run], tmp_path / "r.html").read_text()
+    assert "llama: 2 layers × width 32, 2 heads" in page and "llama&#x27;s own" in page
