@@ -185,3 +185,40 @@ def test_report_describes_the_transformers_model(diverging, tmp_path):
     _, _, run = diverging
     page = build_report([run], tmp_path / "r.html").read_text()
     assert "llama: 2 layers × width 32, 2 heads" in page and "llama&#x27;s own" in page
+
+
+def test_a_pretrained_folder_grows_by_lengthwise_special_tokens(tiny_data, make_cfg, tmp_path):
+    """A folder whose tokenizer lacks <|eos|>, <|pad|>, <|bos|> (a real pretrained model's):
+    data prepared with that tokenizer.json gets them appended, the model's embedding grows by
+    those rows, its own rows unchanged, and it trains."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from lengthwise.config import Config
+    from lengthwise.data.store import prepare
+
+    chars = sorted(set("".join(chr(c) for c in range(32, 127))))
+    vocab = {c: i for i, c in enumerate(["<unk>", *chars])}
+    theirs = HFTokenizer(models.WordLevel(vocab, "<unk>"))
+    theirs.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    theirs.decoder = decoders.Fuse()
+    folder = tmp_path / "pretrained"
+    config = transformers.LlamaConfig(vocab_size=len(chars) + 1, **{
+        k: v for k, v in LLAMA.items() if k != "model_type"})  # fmt: skip
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    theirs.save(str(folder / "tokenizer.json"))
+    data = {**tiny_data, "out_dir": str(tmp_path / "data")}
+    data["tokenizer"] = {"kind": "file", "path": str(folder / "tokenizer.json")}
+    prepare(Config.model_validate({"data": data}).data, progress=False)
+    model = {"kind": "hf", "hf": {"path": str(folder)}}
+    cfg = make_cfg(f"data={json.dumps(data)}", f"model={json.dumps(model)}",
+                   "train.total_tokens=1024")  # fmt: skip
+    trainer = Trainer(cfg, quiet=True)
+    rows = trainer.model_plain.hf.get_input_embeddings().weight
+    before = load_file(folder / "model.safetensors")["model.embed_tokens.weight"]
+    assert rows.shape[0] == before.shape[0] + 3  # <|eos|>, <|pad|>, <|bos|>
+    assert torch.equal(rows[: before.shape[0]], before)
+    assert trainer.fit()["steps"] == 2
+    losses = [r["loss"] for r in read_metrics(cfg.train.out_dir, "train")]
+    assert len(losses) == 2 and all(0 < x < 10 for x in losses)
