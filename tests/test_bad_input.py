@@ -75,6 +75,36 @@ def _edit_manifest(paths: dict[str, Path], edit: Callable[[dict], object]) -> No
     manifest.write_text(json.dumps(tree))
 
 
+def _hf(**hf: object) -> str:
+    """The override `model={kind: hf, hf: ...}`, its braces escaped for the argv placeholders
+    ({root} and {tmp} stay placeholders)."""
+    value = json.dumps({"kind": "hf", "hf": hf}).replace("{", "{{").replace("}", "}}")
+    for name in ("root", "tmp"):
+        value = value.replace("{{" + name + "}}", "{" + name + "}")
+    return "model=" + value
+
+
+HF_LLAMA = _hf(config={"model_type": "llama", "hidden_size": 16, "intermediate_size": 32,
+                       "num_hidden_layers": 1, "num_attention_heads": 2})  # fmt: skip
+
+
+def _hf_gpt2(positions: int) -> str:
+    return _hf(config={"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2,
+                       "n_positions": positions})  # fmt: skip
+
+
+def _hf_folder(folder: Path) -> None:
+    """A transformers model folder (a config.json) whose tokenizer is not the data's."""
+    from transformers import LlamaConfig
+
+    from lengthwise.data.tokenizer import char_tokenizer
+
+    LlamaConfig(
+        vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2
+    ).save_pretrained(folder)
+    char_tokenizer("abc").save(folder / "tokenizer.json")
+
+
 TRAIN = ("{tmp}/run_new",)  # the config's train.out_dir: a refused train writes nothing
 EVAL = ["eval", "{run}", "--suite", "lengths", "--out", "{tmp}/ev"]
 CUDA = torch.cuda.is_available()
@@ -154,6 +184,58 @@ CASES = {
         "monitor.on_alert: expected a program and its arguments, got ['']",
         TRAIN,
     ),
+    # model.kind: hf (a transformers causal LM)
+    "hf unknown model type": Case(
+        ["train", "{cfg}", _hf(config={"model_type": "lama"})],
+        "model.hf.config.model_type: unknown model type 'lama' (did you mean llama",
+        TRAIN,
+    ),
+    "hf config key the architecture lacks": Case(
+        ["train", "{cfg}", _hf(config={"model_type": "llama", "hiden_size": 8})],
+        "model.hf.config.hiden_size: llama configs have no such key (did you mean hidden_size?)",
+        TRAIN,
+    ),
+    "hf path not a model folder": Case(
+        ["train", "{cfg}", _hf(path="{root}")],
+        "model.hf.path: {root} is not a model folder (no config.json)",
+        TRAIN,
+    ),
+    "hf hub name": Case(
+        ["train", "{cfg}", _hf(path="Qwen/Qwen2.5-0.5B")],
+        "model.hf.path: Qwen/Qwen2.5-0.5B is not a local folder; lengthwise never downloads",
+        TRAIN,
+    ),
+    "hf tokenizer mismatch": Case(
+        ["train", "{cfg}", _hf(path="{tmp}/llama")],
+        "data tokenizer: token 'a' is id",
+        TRAIN,
+        setup=lambda paths: _hf_folder(paths["tmp"] / "llama"),
+    ),
+    "hf dropout the architecture lacks": Case(
+        ["train", "{cfg}", HF_LLAMA, "model.resid_dropout=0.1"],
+        "model.resid_dropout: llama has no such dropout",
+        TRAIN,
+    ),
+    "hf gpt setting": Case(
+        ["train", "{cfg}", HF_LLAMA, "model.n_layer=3"],
+        "model: n_layer: a lengthwise GPT setting; with kind 'hf' the architecture is",
+        TRAIN,
+    ),
+    "hf position table < max_len": Case(
+        ["train", "{cfg}", _hf_gpt2(32)],
+        "batching.max_len: 64 tokens, but the model's learned position table has 32 rows",
+        TRAIN,
+    ),
+    "hf eval set past the position table": Case(  # copy items of 60-70 digits: 2 x 60 > 64
+        [
+            "train",
+            "{cfg}",
+            _hf_gpt2(64),
+            "eval.sets=[{{name: c, kind: task, task: copy, lengths: [60, 70], n: 2}}]",
+        ],
+        "positions, but the model's learned position table has 64 rows; shorten the eval sets",
+        TRAIN,
+    ),  # fmt: skip
     "resume with another model": Case(
         ["train", "{run_copy_cfg}", "--resume", "model.d_model=32"],
         "--resume with a different model.d_model (16 -> 32)",

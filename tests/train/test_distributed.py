@@ -29,6 +29,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 TASK_SET = {"name": "copy", "kind": "task", "task": "copy", "lengths": [2, 4], "n": 7, "tag": "ood"}
 COPY_TRAIN = {"kind": "task", "task": "copy", "lengths": [2, 4], "n": 400}
+HF_LLAMA = {"kind": "hf", "hf": {"config": {"model_type": "llama", "hidden_size": 32,
+            "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 1}}}  # fmt: skip
 
 
 def _jobs(root: Path) -> dict[str, tuple[tuple[str, ...], str, int | None]]:
@@ -46,6 +49,7 @@ def _jobs(root: Path) -> dict[str, tuple[tuple[str, ...], str, int | None]]:
         "distributed.fsdp=true",
     )
     best_fit = ("batching.strategy=best_fit", "batching.curriculum.name=none")
+    hf = ("model=" + json.dumps(HF_LLAMA), "train.total_tokens=2560", *best_fit)
     return {
         "grad-decomposition": (("batching.strategy=decomposition",), "grad", None),
         "grad-best_fit": (best_fit, "grad", None),
@@ -53,6 +57,8 @@ def _jobs(root: Path) -> dict[str, tuple[tuple[str, ...], str, int | None]]:
         "train-fsdp2": (("distributed.fsdp=true", "train.total_tokens=5120"), "train", None),
         "half": (("train.total_tokens=5120",), "train", 5),
         "copy-fsdp2": (copy, "train", None),
+        "hf-ddp": ((*hf, "distributed.fsdp=false"), "train", None),
+        "hf-fsdp2": ((*hf, "distributed.fsdp=true"), "train", None),
     }
 
 
@@ -135,6 +141,26 @@ def test_two_ranks_train_like_one_process(two_ranks, fsdp):
         assert torch.equal(p0[k], p1[k]), k  # bit-identical across ranks
         torch.testing.assert_close(p0[k], ref[k], rtol=1e-4, atol=1e-5)
     assert _losses(two) == pytest.approx(_losses(one), abs=1e-5)
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_two_ranks_train_an_hf_model_like_one_process(two_ranks, fsdp):
+    """model.kind: hf (a tiny Llama, packed rows) under DDP and FSDP2 (its decoder layers
+    sharded one by one): the one-process run's weights and losses; the run's export, gathered
+    onto rank 0, is a save_pretrained folder holding the ranks' weights."""
+    transformers = pytest.importorskip("transformers")
+    name = "hf-fsdp2" if fsdp else "hf-ddp"
+    one = two_ranks.one_process(name)
+    two = two_ranks.dump(name)
+    p0, p1, ref = _load(two, 0), _load(two, 1), _load(one, 0)
+    assert ref.keys() == p0.keys() and len(ref) == 21  # 2 x 9 layer tensors, norm, embed, head
+    for k in ref:
+        assert torch.equal(p0[k], p1[k]), k
+        torch.testing.assert_close(p0[k], ref[k], rtol=1e-4, atol=1e-5)
+    assert _losses(two) == pytest.approx(_losses(one), abs=1e-5) and len(_losses(two)) == 5
+    auto = transformers.AutoModelForCausalLM.from_pretrained(two_ranks.run_dir(name) / "export")
+    exported = {"hf." + k: v for k, v in auto.state_dict().items()}
+    assert all(torch.equal(exported[k], p0[k]) for k in p0)
 
 
 def test_distributed_checkpoint_resume(two_ranks, tmp_path):

@@ -106,3 +106,59 @@ def test_llama_export_refuses_what_llama_cannot_express():
     )
     assert "SwiGLU" in llama_incompatibility(ModelConfig(vocab_size=10, mlp="gelu"))
     assert llama_incompatibility(ModelConfig(vocab_size=10, mlp="swiglu")) is None
+
+
+def test_golden_gpt_as_llama_trains_one_step_like_the_gpt(make_cfg, tmp_path, capfd):
+    """A lengthwise GPT (rope, SwiGLU, untied head with biases) exported as Llama, then one
+    step of `lengthwise train` with model.kind: hf on the exported folder: the same loss and
+    gradients as our GPT's step on the same batch (1e-5). Packed rows (best_fit): the
+    'lengthwise' attention keeps the documents apart as our GPT does."""
+    pytest.importorskip("transformers")
+    import yaml
+
+    from lengthwise.eval.exported import llama_state_dict
+    from lengthwise.rundir import read_metrics
+    from lengthwise.train.trainer import Trainer
+
+    common = ("batching.strategy=best_fit", "batching.curriculum.name=none")
+    gpt_cfg = make_cfg(*common, "model.mlp=swiglu", "model.tie_embeddings=false",
+                       "model.bias=true", "model.init_std=0.1",
+                       f"train.out_dir={tmp_path / 'gpt'}")  # fmt: skip
+    ours = Trainer(gpt_cfg, quiet=True)
+    gpt = ours.model_plain
+    with torch.no_grad():  # norms and biases off their init values: a mis-mapping shows
+        torch.manual_seed(1)
+        for name, p in gpt.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if "norm" in name else 0.0))
+    tok_path = gpt_cfg.data.out_dir / "tokenizer.json"
+    assert write_export(gpt, tok_path, tmp_path / "exp", source={}) is None
+    folder = tmp_path / "exp" / "hf"
+
+    def hf_cfg(out: str):
+        model = {"kind": "hf", "hf": {"path": str(folder)}}
+        return make_cfg(*common, "model=" + json.dumps(model), f"train.out_dir={tmp_path / out}")
+
+    theirs = Trainer(hf_cfg("hf"), quiet=True)
+    batch = next(ours.loader)
+    assert batch.doc_ids is not None and torch.equal(batch.input_ids, next(theirs.loader).input_ids)
+    loss_ours, n, _, _ = ours.backward(batch)
+    loss_theirs, _, _, _ = theirs.backward(batch)
+    assert float(loss_theirs) == pytest.approx(float(loss_ours), rel=1e-5)
+    grads = GPT(gpt.cfg)  # our gradients in a GPT's parameters, renamed as Llama's
+    grads.load_state_dict({k: p.grad for k, p in gpt.named_parameters()}, strict=False)
+    want = llama_state_dict(grads)
+    got = {k.removeprefix("hf."): p.grad for k, p in theirs.model_plain.named_parameters()}
+    assert got.keys() == want.keys()
+    for k in want:
+        scale = float(want[k].abs().max())  # q/k gradients are ~1e-4: 1e-5 of each tensor
+        assert scale > 0, k
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5 * scale, msg=k)
+    # `lengthwise train` itself logs that loss for its first step
+    cfg_file = tmp_path / "hf.yaml"
+    cfg_file.write_text(yaml.safe_dump(hf_cfg("run").model_dump(mode="json")))
+    capfd.readouterr()
+    assert main(["train", str(cfg_file), "--stop-at-step", "1", "--quiet"]) == 0
+    assert "Loading weights" not in capfd.readouterr().err  # --quiet: no progress bar
+    logged = read_metrics(tmp_path / "run", "train")[0]["loss"]
+    assert logged == pytest.approx(float(loss_ours) / n, rel=1e-5)

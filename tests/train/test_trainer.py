@@ -173,15 +173,28 @@ def test_golden_loss(make_cfg):
     assert losses == pytest.approx(golden, rel=1e-4)
 
 
-def test_sigkill_mid_run_resumes_to_the_same_parameters(make_cfg, tmp_path, single_thread):
+HF_LLAMA = {"kind": "hf", "hf": {"config": {"model_type": "llama", "hidden_size": 32,
+            "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2}}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "model",
+    [None, pytest.param(HF_LLAMA, marks=pytest.mark.slow)],  # hf: model.kind hf, ~13 s
+    ids=["gpt", "hf"],
+)
+def test_sigkill_mid_run_resumes_to_the_same_parameters(make_cfg, tmp_path, single_thread, model):
     """`kill -9` of a real `lengthwise train` process after its second checkpoint; `--resume`
     ends where the uninterrupted run ends. The uninterrupted run and the resume run in this
     process (`cli.main`: what the dead process left on disk is all a resume reads; each process
     costs ~3 s of start-up), all three on one thread so that they agree bitwise."""
     import yaml
 
+    extra = [] if model is None else ["model=" + json.dumps(model)]
+
     def cfg_file(name: str) -> Path:
         cfg = make_cfg(
+            *extra,
             f"train.out_dir={tmp_path / name}",
             "train.checkpoint_every_tokens=1024",
             "train.total_tokens=30720",

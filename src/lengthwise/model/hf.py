@@ -13,9 +13,11 @@ keyword `lengthwise_mask` (an `AttnMask`, built once per forward and shared by t
 as a `doc_ids` tensor (what an HF Trainer batch carries, see lengthwise.integrations). An
 implementation that has no mask function in `transformers` gets no mask built, so a packed row
 costs what its documents cost alone. The other implementations get what they need: `sdpa` and
-`eager` a dense (B, 1, T, T) document mask (HF's own packed path), `flash_attention_2` and
-`flex_attention` nothing but the restarting `position_ids`, from which `transformers` finds the
-documents (varlen). Decomposition rows hold one document: plain causal attention, no mask.
+`eager` a dense (B, 1, T, T) document mask (HF's own packed path), `flash_attention_2` the
+segments' cumulative lengths (varlen over the flattened rows), `flex_attention` the restarting
+`position_ids`, from which `transformers` finds the documents. Decomposition rows hold one
+document: plain causal attention (an all-ones padding mask, so that transformers does not read
+documents off task position ids).
 
 Never a hub name and never remote code: a fresh model comes from a config mapping, a pretrained
 one from a local `save_pretrained` folder.
@@ -28,6 +30,7 @@ import difflib
 import functools
 import inspect
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +229,7 @@ class HFModel(nn.Module):
                 position_ids=position_ids,
                 use_cache=False,
                 logits_to_keep=keep,
-                **self._document_mask(doc_ids, T, input_ids.device),
+                **self._document_mask(doc_ids, B, T, input_ids.device),
             )
             logits = out.logits
         logits = logits.float()
@@ -239,18 +242,23 @@ class HFModel(nn.Module):
             reduction="sum",
         )
 
-    def _document_mask(self, doc_ids: Tensor | None, T: int, device: torch.device) -> dict:
+    def _document_mask(self, doc_ids: Tensor | None, B: int, T: int, device: torch.device) -> dict:
         """What this attention implementation needs to keep documents apart (see the module
-        docstring); nothing for one document per row."""
-        if doc_ids is None:
-            return {}
+        docstring). With no mask at all, transformers reads documents and causality off the
+        position ids (a new document wherever an id is not the previous + 1, keys allowed by
+        id, not by column), which task position ids (coupled stores) do not follow: one
+        document per row gets an explicit all-ones padding mask (SDPA still runs is_causal)."""
         impl = self.attn_implementation
         if impl == ATTENTION:
-            return {"lengthwise_mask": AttnMask(doc_ids)}
+            return {} if doc_ids is None else {"lengthwise_mask": AttnMask(doc_ids)}
+        if impl == "flash_attention_2":
+            return _varlen_kwargs(doc_ids, B, T, device)
+        if doc_ids is None:
+            return {"attention_mask": torch.ones(B, T, dtype=torch.long, device=device)}
         if impl in ("sdpa", "eager"):
             allowed = AttnMask(doc_ids).dense(T, device)
             return {"attention_mask": as_attention_mask(allowed, impl, self.hf.dtype)}
-        return {}  # flash_attention_2 / flex_attention: documents from position_ids
+        return {}  # flex_attention: documents from the restarting position_ids
 
     def _cached(
         self,
@@ -296,6 +304,23 @@ class HFModel(nn.Module):
         self.hf.save_pretrained(out, safe_serialization=True)
 
 
+def _varlen_kwargs(doc_ids: Tensor | None, B: int, T: int, device: torch.device) -> dict:
+    """FlashAttention's varlen arguments for the B x T tokens flattened: cumulative lengths of
+    the segments (documents and padding runs; a whole row for one document per row). Without
+    them transformers finds documents from position_ids only for one-row batches."""
+    segments = [(b, 0, T) for b in range(B)] if doc_ids is None else AttnMask(doc_ids).segments()
+    lengths = [e - s for _, s, e in segments]
+    cu = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    cu = cu.to(device)
+    longest = max(lengths)
+    return {
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
+
+
 def as_attention_mask(allowed: Tensor, impl: str, dtype: torch.dtype) -> Tensor:
     """A 4-D boolean "may attend" mask as the implementation reads it: eager adds its mask to
     the scores, so it gets 0 / the dtype's minimum."""
@@ -327,14 +352,15 @@ def build_hf_model(cfg: ModelConfig, vocab_size: int, pretrained: bool = True) -
     where = f"model.hf.path: {cfg.hf.path}" if cfg.hf.path else "model.hf.config"
     try:
         if cfg.hf.path is not None and pretrained:
-            hf = auto.from_pretrained(
-                cfg.hf.path,
-                config=config,
-                attn_implementation=impl,
-                trust_remote_code=False,
-                local_files_only=True,
-                **{_dtype_kwarg(transformers): torch.float32},
-            )
+            with _no_progress_bar():  # a bar per start is noise in the run's log (and --quiet)
+                hf = auto.from_pretrained(
+                    cfg.hf.path,
+                    config=config,
+                    attn_implementation=impl,
+                    trust_remote_code=False,
+                    local_files_only=True,
+                    **{_dtype_kwarg(transformers): torch.float32},
+                )
         else:
             hf = auto.from_config(config, attn_implementation=impl, trust_remote_code=False)
     except (ValueError, ImportError, OSError, KeyError, TypeError) as e:
@@ -400,6 +426,9 @@ def fresh_config(mapping: dict[str, Any], vocab_size: int, transformers: Any) ->
             with contextlib.suppress(ValueError):
                 keys[key] = float(value)
     keys.setdefault("vocab_size", vocab_size)
+    for name, value in defaults.items():  # GPT-2's 50256 in a vocabulary of 40: no such token
+        if name.endswith("_token_id") and isinstance(value, int) and value >= keys["vocab_size"]:
+            keys.setdefault(name, None)
     try:
         return transformers.AutoConfig.for_model(model_type, **keys)
     except Exception as e:  # transformers validates with several exception types
@@ -408,19 +437,40 @@ def fresh_config(mapping: dict[str, Any], vocab_size: int, transformers: Any) ->
 
 
 def set_dropout(config: Any, cfg: ModelConfig) -> None:
-    """Our model.*_dropout onto the architecture's own dropout fields (a non-zero value wins
-    over the config's); refused where the architecture has no such dropout."""
+    """Our model.*_dropout onto the architecture's own dropout fields, refused where the
+    architecture has no such dropout. A fresh model's dropout is ours, 0 included (GPT-2's
+    config class defaults to 0.1), unless model.hf.config names the field itself; a folder
+    keeps its config.json's dropout unless ours is non-zero."""
+    given = set(cfg.hf.config or {}) if cfg.hf is not None else set()
+    fresh = cfg.hf is not None and cfg.hf.path is None
     for ours, theirs in DROPOUT_FIELDS.items():
         p = getattr(cfg, ours)
-        if p == 0:
-            continue
         name = next((n for n in theirs if hasattr(config, n)), None)
+        if name in given and p != 0:
+            raise UserError(
+                f"model.{ours}: {p}, and model.hf.config.{name} sets the same dropout; set one"
+            )
+        if p == 0 and (name is None or name in given or not fresh):
+            continue
         if name is None:
             raise UserError(
                 f"model.{ours}: {config.model_type} has no such dropout (its config has none of "
                 f"{', '.join(theirs)}); set it to 0"
             )
         setattr(config, name, p)
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _dtype_kwarg(transformers: Any) -> str:

@@ -8,6 +8,7 @@ markup.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -137,6 +138,8 @@ def curriculum(run: Run) -> str:
 
 
 def position_encoding(run: Run) -> str:
+    if run.cfg("model", "kind") == "hf":  # the GPT's `position` field is only its default
+        return f"{_hf_config(run).get('model_type', 'transformers')}'s own"
     return str(run.cfg("model", "position", default="?"))
 
 
@@ -144,10 +147,39 @@ def model_shape(run: Run) -> str:
     m = run.cfg("model", default={}) or {}
     if not m:
         return "?"
+    if m.get("kind") == "hf":
+        hf = _hf_config(run)
+
+        def first(*keys: str) -> Any:
+            return next((hf[k] for k in keys if k in hf), "?")
+
+        return (
+            f"{hf.get('model_type', 'transformers')}: "
+            f"{first('num_hidden_layers', 'n_layer', 'num_layers')} layers × width "
+            f"{first('hidden_size', 'n_embd', 'd_model')}, "
+            f"{first('num_attention_heads', 'n_head', 'num_heads')} heads"
+        )
     return (
         f"{m.get('n_layer', '?')} layers × d_model {m.get('d_model', '?')}, "
         f"{m.get('n_head', '?')} heads"
     )
+
+
+def _hf_config(run: Run) -> dict[str, Any]:
+    """A transformers model's whole config: the run's exported config.json, else the
+    pretrained folder's, else model.hf.config as the run's config wrote it (the architecture's
+    defaults left out)."""
+    paths = [run.path / "export" / "config.json"]
+    if run.cfg("model", "hf", "path"):
+        paths.append(Path(run.cfg("model", "hf", "path")) / "config.json")
+    for path in paths:
+        try:
+            got = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(got, dict):
+            return got
+    return run.cfg("model", "hf", "config", default={}) or {}
 
 
 def tokens_trained(run: Run) -> str:
