@@ -26,6 +26,17 @@ Rows:
                   gets one cycle per run (`cycles` = epoch steps / budget steps), since a run
                   that holds a fraction of a cycle sees only its short buckets
 
+Llama rows (`--peers llama_...`): the same transformers `LlamaForCausalLM` (our sizes, SwiGLU,
+RoPE, tied embeddings) in every row, ratios against llama_hf_padded:
+  llama_hf_padded       HF Trainer + `DataCollatorForLanguageModeling`, SDPA with a padding mask
+  llama_hf_dd           the stock HF Trainer loop on lengthwise's batches
+                        (lengthwise.integrations.transformers: DD + Grow-P2)
+  llama_concat_chunk, llama_decomposition_grow_p2
+                        `lengthwise train` with `model.kind: hf` (lengthwise.model.hf)
+  llama_best_fit, llama_best_fit_sdpa
+                        packed rows: lengthwise's per-document attention (the `lengthwise`
+                        attention implementation) vs transformers' SDPA with a dense mask
+
 Measurements: every (row, repeat) trains in its own child process (this script with `--_one`),
 so peak RSS (`ru_maxrss`, read when training ends) is per run; repeats run interleaved, A B C ..
 C B A .., repeat r with seed `--seed + r` (weights, data order, dropout). A run trains until it
@@ -83,6 +94,10 @@ OURS = {  # row name -> (batching.strategy, batching.curriculum.name)
     # the same Llama as llama_hf_padded, trained by `lengthwise train` with model.kind: hf
     "llama_concat_chunk": ("concat_chunk", "none"),
     "llama_decomposition_grow_p2": ("decomposition", "grow_p2"),
+    # packed rows of the same Llama: lengthwise's per-document attention vs transformers' SDPA
+    # with a dense (B, 1, T, T) document mask
+    "llama_best_fit": ("best_fit", "none"),
+    "llama_best_fit_sdpa": ("best_fit", "none"),
 }
 PEERS = (*HF_PEERS[:3], "concat_chunk", "best_fit", "decomposition_grow_p2")
 LLAMA_PEERS = (
@@ -155,7 +170,7 @@ def run_config(args: argparse.Namespace, name: str, seed: int, out_dir: Path) ->
         sized = load_config(args.config, overrides).model
         store = TokenStore(base.data.out_dir / "train")
         hf = {"config": llama_config(sized, store.meta["tokenizer"])}
-        if name == "llama_hf_padded":
+        if name in ("llama_hf_padded", "llama_best_fit_sdpa"):
             hf["attention"] = "sdpa"  # HF's recipe as users run it (a padding mask, SDPA)
         llama = {"kind": "hf", "vocab_size": store.meta["tokenizer"]["vocab_size"], "hf": hf}
         overrides.append("model=" + json.dumps(llama))
@@ -799,7 +814,17 @@ def describe(args: argparse.Namespace, cfg: Config, wall: float) -> list[str]:
         f"machine: cpu, {args.threads} thread(s) per run; torch {torch.__version__}; "
         f"{hf_version()}fp32; one process per run; wall {wall:.0f} s",
         f"model: d_model {m.d_model}, {m.n_layer} layers, {m.n_head} heads, max positions "
-        f"{m.max_position}; ours GPT-2-like ({', '.join(GPT2_LIKE)}), HF GPT2LMHeadModel",
+        f"{m.max_position}; "
+        + (
+            "every row the same transformers LlamaForCausalLM (SwiGLU, RoPE, tied embeddings)"
+            if all(n.startswith("llama_") for n in args.peers)
+            else f"ours GPT-2-like ({', '.join(GPT2_LIKE)}), HF GPT2LMHeadModel"
+            + (
+                ", llama_* rows a transformers LlamaForCausalLM"
+                if any(n.startswith("llama_") for n in args.peers)
+                else ""
+            )
+        ),
         f"data: {cfg.data.out_dir / 'train'}; {cfg.batching.tokens_per_step:,} tokens/step "
         f"({rows} rows of {cfg.batching.max_len}); budget {args.budget:,} real tokens per run; "
         f"val: ~{args.eval_tokens:,} tokens of '{args.val_split}'; lr {cfg.optim.lr:g}, warmup "
@@ -826,6 +851,10 @@ def run_parent(args: argparse.Namespace) -> int:
         f"W = {rows[0]['equal_time_s']:.1f} s of training (the fastest row's median), "
         f"{args.snapshots} snapshots per run"
     )
+    if "llama_hf_padded" in args.peers and any(
+        n.startswith("llama_") and n != "llama_hf_padded" for n in args.peers
+    ):
+        print("llama_* rows: the 'vs hf_padded' columns are against llama_hf_padded")
     if "hf_flatten" in args.peers:
         print(flatten_note(flatten_probe()))
     return 0

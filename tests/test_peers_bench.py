@@ -220,3 +220,25 @@ def test_json_rows(config):
             assert r[key] is not None, key
         assert r["seeds"] == [0, 1] and r["real_tokens_per_s"] > 0
     assert rows[0]["ratio_tokens_per_s"] is None  # no hf_padded row to compare with
+
+
+def test_the_hf_trainer_on_lengthwise_batches_trains_what_lengthwise_train_trains(config):
+    """llama_hf_dd (the stock HF Trainer loop on lengthwise's DD + Grow-P2 batches) and
+    llama_decomposition_grow_p2 (`lengthwise train`, model.kind: hf): the same Llama, the same
+    seed, batches, optimizer groups and schedule: the same val loss at every snapshot, so
+    their tok/s compare the loops and nothing else. llama_hf_padded builds the same model."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    threads = torch.get_num_threads()
+    out = {}
+    try:
+        for name in ("llama_hf_dd", "llama_decomposition_grow_p2", "llama_hf_padded"):
+            out[name] = peers.run_one(args_for(config, "--_one", name))
+    finally:
+        torch.set_num_threads(threads)
+    ours, theirs = out["llama_decomposition_grow_p2"], out["llama_hf_dd"]
+    assert ours["params"] == theirs["params"] == out["llama_hf_padded"]["params"]
+    assert [p["tokens"] for p in ours["curve"]] == [p["tokens"] for p in theirs["curve"]]
+    for a, b in zip(ours["curve"], theirs["curve"], strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
+    assert ours["curve"][-1]["val_loss"] < ours["curve"][0]["val_loss"]

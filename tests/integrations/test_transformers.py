@@ -181,16 +181,15 @@ def test_batch_dict_by_attention_implementation():
     eager = to_hf_batch(batch, "eager")["attention_mask"]
     assert eager.dtype == torch.float32 and eager[0, 0, 4, 3] == 0
     assert eager[0, 0, 3, 2] == torch.finfo(torch.float32).min
-    flash = to_hf_batch(batch, "flash_attention_2")
+    flash = to_hf_batch(batch, "flash_attention_2")  # varlen over the segments 3, 2, 1
     assert "attention_mask" not in flash and "doc_ids" not in flash
-    one_doc = Batch(ids, targets, pos, None, n_target_tokens=3)  # decomposition: no mask at all
-    for impl in ("lengthwise", "sdpa", "eager"):
-        assert set(to_hf_batch(one_doc, impl)) == {
-            "input_ids",
-            "labels",
-            "shift_labels",
-            "position_ids",
-        }
+    assert flash["cu_seq_lens_q"].tolist() == [0, 3, 5, 6] and flash["max_length_q"] == 3
+    one_doc = Batch(ids, targets, pos, None, n_target_tokens=3)  # decomposition
+    keys = {"input_ids", "labels", "shift_labels", "position_ids"}
+    assert set(to_hf_batch(one_doc, "lengthwise")) == keys  # no mask at all
+    for impl in ("sdpa", "eager"):  # all ones: causality never read off position ids
+        out = to_hf_batch(one_doc, impl)
+        assert set(out) == keys | {"attention_mask"} and out["attention_mask"].tolist() == [[1] * 6]
     with pytest.raises(UserError, match="'paged_attention'"):
         to_hf_batch(batch, "paged_attention")
 
@@ -424,6 +423,11 @@ def test_callback_stops_where_the_rule_replayed_on_its_log_says(hf_data, tmp_pat
     assert alerts and logged == alerts == [(a["metric"], a["step"]) for a in cb.alerts]
     assert cb.restored_step == best < stop
     assert trainer.state.best_model_checkpoint == str(tmp_path / f"checkpoint-{best}")
+    # every logged value is a scalar (report_to loggers take no dicts): the eval's standard
+    # errors arrive as eval_se/<metric>
+    evals = [r for r in history if "eval_ood/loss" in r]
+    assert all(isinstance(v, int | float) for r in evals for v in r.values())
+    assert all(r["eval_se/ood/loss"] > 0 for r in evals)
     assert_same_weights(trainer.model.state_dict(), weights.at[best])
 
 

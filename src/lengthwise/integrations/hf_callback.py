@@ -61,7 +61,11 @@ class _TrainerLog:
     def write(self, event: str, tokens: int, step: int, **fields: Any) -> None:
         trainer = self.cb.trainer
         if event == "eval":
-            trainer.log({"eval_tokens_seen": tokens, **{f"eval_{k}": v for k, v in fields.items()}})
+            flat: dict[str, Any] = {"eval_tokens_seen": tokens}
+            for k, v in fields.items():  # `se` is {metric: standard error}: one scalar each
+                items = v.items() if isinstance(v, dict) else [(None, v)]
+                flat.update({f"eval_{k}" + (f"/{sub}" if sub else ""): x for sub, x in items})
+            trainer.log(flat)
         elif event == "alert":
             self.cb.alerts.append({"step": step, "tokens": tokens, **fields})
             trainer.log({f"eval_alert/{fields['metric']}": fields["drop"]})

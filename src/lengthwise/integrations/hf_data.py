@@ -10,12 +10,14 @@
   predicts, `labels[:, 0]` = -100). The loss does not read them while `shift_labels` is there;
   they make the model compute a loss at all, and read right for anything else that looks.
 - `position_ids` unchanged (restarting at every document of a packed row).
-- documents of a packed row (`doc_ids` not None) apart, by the model's attention implementation:
+- documents of a packed row apart, by the model's attention implementation
+  (lengthwise.model.hf.document_kwargs, the same keywords `lengthwise train` passes):
   `lengthwise` (lengthwise.model.hf.register_attention) gets `doc_ids` and runs per-document
   attention; `sdpa` a (B, 1, T, T) boolean document mask, `eager` the same as 0 / -inf;
-  `flash_attention_2`/`flash_attention_3`/`flex_attention` nothing, since transformers finds
-  the documents from the restarting `position_ids` itself. A row with one document (Dataset
-  Decomposition, pad) gets no mask: right padding under a causal mask never reaches a real token.
+  `flash_attention_2`/`_3` the segments' cumulative lengths (varlen); `flex_attention` nothing
+  (transformers finds the documents from the restarting `position_ids`). A row with one
+  document (Dataset Decomposition, pad) gets nothing under `lengthwise` and an all-ones padding
+  mask otherwise, so that transformers never reads causality off task position ids.
 
 `LengthwiseDataset` is the iterable the Trainer consumes: every item is one whole lengthwise
 step (rows x T, T varying per step under decomposition), or with gradient accumulation k the
@@ -38,12 +40,11 @@ from lengthwise.data.loader import BatchLoader
 from lengthwise.data.store import TokenStore
 from lengthwise.data.strategies import build_strategy
 from lengthwise.errors import UserError
-from lengthwise.model.attention import AttnMask
-from lengthwise.model.hf import ATTENTION, as_attention_mask
+from lengthwise.model.hf import ATTENTION, document_kwargs
 
-# implementations that find documents from the restarting position_ids (varlen / BlockMask)
-POSITION_PACKED = ("flash_attention_2", "flash_attention_3", "flex_attention")
-SUPPORTED = (ATTENTION, "sdpa", "eager", *POSITION_PACKED)
+# implementations that find documents from the restarting position_ids (transformers' BlockMask)
+POSITION_PACKED = ("flex_attention",)
+SUPPORTED = (ATTENTION, "sdpa", "eager", "flash_attention_2", "flash_attention_3", *POSITION_PACKED)
 
 
 def hf_labels(targets: torch.Tensor) -> torch.Tensor:
@@ -53,30 +54,24 @@ def hf_labels(targets: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def document_kwargs(doc_ids: torch.Tensor | None, attn_implementation: str) -> dict[str, Any]:
-    """What `attn_implementation` needs to keep the documents of packed rows apart (see the
-    module docstring); nothing for one document per row."""
+def check_supported(attn_implementation: str) -> None:
     if attn_implementation not in SUPPORTED:
         raise UserError(
             f"attention implementation '{attn_implementation}': lengthwise batches support "
             f"{', '.join(SUPPORTED)}"
         )
-    if doc_ids is None or attn_implementation in POSITION_PACKED:
-        return {}
-    if attn_implementation == ATTENTION:
-        return {"doc_ids": doc_ids}
-    allowed = AttnMask(doc_ids).dense(doc_ids.shape[1], doc_ids.device)
-    return {"attention_mask": as_attention_mask(allowed, attn_implementation, torch.float32)}
 
 
 def to_hf_batch(batch: Batch, attn_implementation: str) -> dict[str, torch.Tensor]:
     """One lengthwise Batch as keyword arguments of a transformers causal LM's forward."""
+    check_supported(attn_implementation)
+    (B, T), device = batch.input_ids.shape, batch.input_ids.device
     return {
         "input_ids": batch.input_ids,
         "labels": hf_labels(batch.targets),
         "shift_labels": batch.targets,
         "position_ids": batch.position_ids,
-        **document_kwargs(batch.doc_ids, attn_implementation),
+        **document_kwargs(attn_implementation, batch.doc_ids, B, T, device, torch.float32),
     }
 
 
@@ -121,7 +116,7 @@ class LengthwiseDataset(IterableDataset):
     def check_attention(self, attn_implementation: str) -> None:
         """Stored task position ids (coupled stores) do not grow by one along a document, so an
         implementation that finds documents from position_ids would cut them wrong."""
-        document_kwargs(None, attn_implementation)  # a supported name
+        check_supported(attn_implementation)
         if self.has_positions and attn_implementation in POSITION_PACKED:
             raise UserError(
                 f"attention implementation '{attn_implementation}' finds documents from "

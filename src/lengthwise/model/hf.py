@@ -243,22 +243,9 @@ class HFModel(nn.Module):
         )
 
     def _document_mask(self, doc_ids: Tensor | None, B: int, T: int, device: torch.device) -> dict:
-        """What this attention implementation needs to keep documents apart (see the module
-        docstring). With no mask at all, transformers reads documents and causality off the
-        position ids (a new document wherever an id is not the previous + 1, keys allowed by
-        id, not by column), which task position ids (coupled stores) do not follow: one
-        document per row gets an explicit all-ones padding mask (SDPA still runs is_causal)."""
-        impl = self.attn_implementation
-        if impl == ATTENTION:
+        if self.attn_implementation == ATTENTION:  # the mask object, shared by the layers
             return {} if doc_ids is None else {"lengthwise_mask": AttnMask(doc_ids)}
-        if impl == "flash_attention_2":
-            return _varlen_kwargs(doc_ids, B, T, device)
-        if doc_ids is None:
-            return {"attention_mask": torch.ones(B, T, dtype=torch.long, device=device)}
-        if impl in ("sdpa", "eager"):
-            allowed = AttnMask(doc_ids).dense(T, device)
-            return {"attention_mask": as_attention_mask(allowed, impl, self.hf.dtype)}
-        return {}  # flex_attention: documents from the restarting position_ids
+        return document_kwargs(self.attn_implementation, doc_ids, B, T, device, self.hf.dtype)
 
     def _cached(
         self,
@@ -302,6 +289,27 @@ class HFModel(nn.Module):
     def save_pretrained(self, out: Path) -> None:
         """A plain save_pretrained folder (safetensors), loadable by AutoModelForCausalLM."""
         self.hf.save_pretrained(out, safe_serialization=True)
+
+
+def document_kwargs(
+    impl: str, doc_ids: Tensor | None, B: int, T: int, device: torch.device, dtype: torch.dtype
+) -> dict:
+    """The forward keywords with which attention implementation `impl` keeps the documents of
+    B x T rows apart (see the module docstring); `lengthwise` reads `doc_ids` itself. With no
+    mask at all, transformers reads documents and causality off the position ids (a new
+    document wherever an id is not the previous + 1, keys allowed by id, not by column), which
+    task position ids (coupled stores) do not follow: one document per row gets an explicit
+    all-ones padding mask (SDPA still runs is_causal)."""
+    if impl == ATTENTION:
+        return {} if doc_ids is None else {"doc_ids": doc_ids}
+    if impl in ("flash_attention_2", "flash_attention_3"):
+        return _varlen_kwargs(doc_ids, B, T, device)
+    if doc_ids is None:
+        return {"attention_mask": torch.ones(B, T, dtype=torch.long, device=device)}
+    if impl in ("sdpa", "eager"):
+        allowed = AttnMask(doc_ids).dense(T, device)
+        return {"attention_mask": as_attention_mask(allowed, impl, dtype)}
+    return {}  # flex_attention: documents from the restarting position_ids
 
 
 def _varlen_kwargs(doc_ids: Tensor | None, B: int, T: int, device: torch.device) -> dict:
