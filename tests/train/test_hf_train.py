@@ -222,3 +222,31 @@ def test_a_pretrained_folder_grows_by_lengthwise_special_tokens(tiny_data, make_
     assert trainer.fit()["steps"] == 2
     losses = [r["loss"] for r in read_metrics(cfg.train.out_dir, "train")]
     assert len(losses) == 2 and all(0 < x < 10 for x in losses)
+
+
+def test_task_position_ids_past_a_learned_table_are_refused(tmp_path):
+    """A coupled addition store carries its own position ids; with the training offset they
+    must fit GPT-2's learned table, or the run would crash at its first long step."""
+    from lengthwise.config import Config
+    from lengthwise.data.store import TokenStore, prepare
+    from lengthwise.errors import UserError
+    from lengthwise.train.trainer import build_model
+
+    src = {"kind": "task", "task": "addition", "lengths": [1, 3], "n": 40, "format": "coupled"}
+    tree = {
+        "data": {"out_dir": str(tmp_path / "d"), "tokenizer": {"kind": "char"},
+                 "splits": {"train": src}},
+        "batching": {"strategy": "best_fit", "tokens_per_step": 256, "max_len": 32,
+                     "min_bucket": 8},
+        "model": {"kind": "hf", "hf": {"config": {**GPT2, "n_positions": 32}}},
+    }  # fmt: skip
+    cfg = Config.model_validate(tree)
+    prepare(cfg.data, progress=False)
+    store = TokenStore(cfg.data.out_dir / "train")
+    tokenizer = load_tokenizer(cfg.data.out_dir / "tokenizer.json")
+    top = int(store.positions.max()) + 1
+    assert top <= 32
+    build_model(cfg, store, tokenizer)  # fits without an offset
+    tree["batching"]["position_offset_max"] = 33 - top
+    with pytest.raises(UserError, match="reach 33 with the offset, but .* has 32 rows"):
+        build_model(Config.model_validate(tree), store, tokenizer)

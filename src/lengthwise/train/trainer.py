@@ -135,6 +135,14 @@ def build_model(cfg: Config, store: TokenStore, tokenizer: Tokenizer) -> tuple[n
             f"batching.max_len: {cfg.batching.max_len} tokens, but the model's learned position "
             f"table has {limit} rows"
         )
+    if limit is not None and store.positions is not None and len(store.positions):
+        # task position ids (coupled format) plus the random offset of training
+        top = int(store.positions.max()) + cfg.batching.position_offset_max + 1
+        if top > limit:
+            raise UserError(
+                f"batching.position_offset_max: the store's task position ids reach {top} with "
+                f"the offset, but the model's learned position table has {limit} rows"
+            )
     return model, cfg
 
 
