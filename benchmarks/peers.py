@@ -433,11 +433,31 @@ class CountingCollator:
         return batch
 
 
+def training_args(cfg: Config, seed: int, rec: Recorder, folder: Path, **more: Any) -> Any:
+    """The HF rows' TrainingArguments: CPU, no saving, logging or evaluation, our clipping."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(folder / "hf"),
+        max_steps=rec.budget,  # an upper bound: the callback stops at the budget
+        max_grad_norm=cfg.optim.grad_clip,
+        seed=seed,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="no",
+        eval_strategy="no",
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        **more,
+    )
+
+
 def train_hf(cfg: Config, name: str, seed: int, rec: Recorder, folder: Path) -> torch.nn.Module:
     """HF Trainer with the row's dataset and collator, our AdamW groups and our schedule on
     real tokens (a LambdaLR reading the collator's counts); a callback feeds `rec` and stops
     at the budget. The data order is the Trainer's own seeded shuffle."""
-    from transformers import GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers import GPT2LMHeadModel, Trainer, TrainerCallback, set_seed
     from transformers import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -468,23 +488,9 @@ def train_hf(cfg: Config, name: str, seed: int, rec: Recorder, folder: Path) -> 
             if rec.step(*collate.counts[state.global_step - 1], model):
                 control.should_training_stop = True
 
-    args = TrainingArguments(
-        output_dir=str(folder / "hf"),
-        per_device_train_batch_size=rows,
-        max_steps=rec.budget,  # an upper bound: the callback stops at the budget
-        max_grad_norm=o.grad_clip,
-        seed=seed,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_strategy="no",
-        eval_strategy="no",
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
-    )
     trainer = Trainer(
         model=model,
-        args=args,
+        args=training_args(cfg, seed, rec, folder, per_device_train_batch_size=rows),
         train_dataset=dataset,
         data_collator=collate,
         optimizers=(opt, schedule),
@@ -499,7 +505,7 @@ def train_hf_dd(cfg: Config, seed: int, rec: Recorder, folder: Path) -> torch.nn
     LengthwiseTrainer + lengthwise_dataset, DD + Grow-P2), the Llama `lengthwise train` builds,
     our AdamW groups and our schedule on real tokens. No row evaluates while it trains (the
     snapshots are scored afterwards), so GeneralizationCallback has nothing to add here."""
-    from transformers import TrainerCallback, TrainingArguments, set_seed
+    from transformers import TrainerCallback, set_seed
     from transformers import logging as hf_logging
 
     from lengthwise.integrations.transformers import LengthwiseTrainer, lengthwise_dataset
@@ -533,22 +539,9 @@ def train_hf_dd(cfg: Config, seed: int, rec: Recorder, folder: Path) -> torch.nn
             if rec.step(targets, slots, 0, model):
                 control.should_training_stop = True
 
-    args = TrainingArguments(
-        output_dir=str(folder / "hf"),
-        max_steps=rec.budget,  # an upper bound: the callback stops at the budget
-        max_grad_norm=o.grad_clip,
-        seed=seed,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_strategy="no",
-        eval_strategy="no",
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
-    )
     trainer = LengthwiseTrainer(
         model=model,
-        args=args,
+        args=training_args(cfg, seed, rec, folder),
         train_dataset=dataset,
         optimizers=(opt, schedule),
         callbacks=[Feed()],
