@@ -398,6 +398,7 @@ def test_e3_quick_best_and_last_accuracies_match_the_exports(tmp_path, monkeypat
     assert (out / "e3_best_vs_last.png").is_file()
 
 
+@pytest.mark.slow  # 15-18 s on a fresh 2-core clone: E1-E4 quick are slow too
 def test_e5_quick_correlations_match_the_written_items(tmp_path, monkeypatch):
     from lengthwise.config import load_config
     from lengthwise.data.sources import iter_documents

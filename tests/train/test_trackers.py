@@ -195,6 +195,7 @@ def wandb_history(records) -> list[dict]:
     return [wandb_items(r.history.item) for r in records if r.HasField("history")]
 
 
+@pytest.mark.slow  # a whole run through W&B (3-4 s); the RunLog-level W&B test is its fast sibling
 def test_wandb_offline_run_holds_the_scalars_and_the_events(make_cfg):
     pytest.importorskip("wandb", reason="the wandb extra")
     cfg = make_cfg("train.loggers=[wandb]", "train.run_name=tiny", *STOPS)
