@@ -283,6 +283,12 @@ CASES = {
         "not a run, an export folder or a Hugging Face model folder",
         ("{tmp}/ev",),
     ),
+    "eval shots negative": Case([*EVAL, "--shots", "-1"], "--shots: must be >= 0, got -1"),
+    "eval shots without a task split": Case(  # the run trained on text
+        [*EVAL, "--shots", "2"],
+        "--shots/--format/--chat-template: the config's train split is not a task source",
+        ("{tmp}/ev",),
+    ),
     "eval out is a file": Case([*EVAL[:-1], "{file}"], "--out {file}: is a file, not a folder"),
     # demo and experiment outputs (nothing of the user's is deleted)
     "demo out is a file": Case(["demo", "--quick", "--out", "{file}"], "is a file, not a folder"),

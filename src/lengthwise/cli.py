@@ -50,6 +50,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
     try:
@@ -196,13 +207,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _run_suite(args: argparse.Namespace, cfg: Any, out: Path, tmp: Path) -> str:
     from lengthwise.eval import suites
+    from lengthwise.eval.fewshot import FewShot
 
     target = args.target
     if args.checkpoint:  # a run's checkpoint other than its final export
         from lengthwise.export import export_run
 
         target, _ = export_run(args.target, args.checkpoint, tmp / "export")
-    lm = suites.load_lm(target, device=args.device, prompt_template=args.prompt_template)
+    few = FewShot(args.shots, args.format, args.chat_template, args.shots_seed)
+    suites.check_few_shot(cfg, args.suite, few)  # before the model is loaded
+    lm = suites.load_lm(
+        target, device=args.device, prompt_template=args.prompt_template, chat=few.chat
+    )
     if args.suite == "lengths":
         _, table = suites.suite_lengths(
             lm,
@@ -212,12 +228,13 @@ def _run_suite(args: argparse.Namespace, cfg: Any, out: Path, tmp: Path) -> str:
             n=args.n,
             text_split=args.text_split,
             batch_size=args.batch_size,
+            few=few,
         )
     elif args.suite == "valley":
-        _, table = suites.suite_valley(lm, cfg, out, n=args.n, batch_size=args.batch_size)
+        _, table = suites.suite_valley(lm, cfg, out, n=args.n, batch_size=args.batch_size, few=few)
     else:
         _, table = suites.suite_memorization(
-            lm, cfg, out, n=args.n, batch_size=args.batch_size, mode=args.terms
+            lm, cfg, out, n=args.n, batch_size=args.batch_size, mode=args.terms, few=few
         )
     return table
 
@@ -325,6 +342,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--prompt-template", default="{prompt}", help="HF models: prompt wrapping")
+    p.add_argument(
+        "--shots",
+        type=nonnegative_int,
+        default=0,
+        help="task suites: demonstrations from the training lengths before each item "
+        "(lengths suite: 1x is then the longest demonstrated length)",
+    )
+    p.add_argument("--shots-seed", type=int, default=0, help="seed of the demonstrations")
+    p.add_argument(
+        "--format", default=None, help="task suites: item format (default: the training split's)"
+    )
+    p.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="HF models: demonstrations as user/assistant turns of the tokenizer's chat template",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("report", help="one self-contained HTML page comparing run directories")

@@ -26,6 +26,8 @@ class TaskScore:
     total: int = 0
     per_item: list[bool] = field(default_factory=list)  # in item order
     outputs: list[str] = field(default_factory=list)
+    prompt_tokens: list[int] = field(default_factory=list)  # per item, as the model reads it
+    generated_tokens: list[int] = field(default_factory=list)  # per item, stop token excluded
 
     @property
     def accuracy(self) -> float:
@@ -36,13 +38,30 @@ class TaskScore:
         return self.parsed / self.total if self.total else float("nan")
 
     def to_dict(self) -> dict[str, float]:
+        """Accuracy, parse rate and the inference cost per item: prompt and generated tokens
+        (mean and max), which grow with few-shot demonstrations and with the problem."""
         return {
             "acc": self.accuracy,
             "parse_rate": self.parse_rate,
             "correct": self.correct,
             "parsed": self.parsed,
             "n": self.total,
+            "prompt_tokens_mean": _mean(self.prompt_tokens),
+            "prompt_tokens_max": max(self.prompt_tokens, default=0),
+            "gen_tokens_mean": _mean(self.generated_tokens),
+            "gen_tokens_max": max(self.generated_tokens, default=0),
         }
+
+
+def _mean(xs: list[int]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def prompt_length(lm: EvalLM, prompt: str) -> int:
+    """Tokens the model reads for a prompt: after an HF model's prompt template; an empty
+    prompt is one start token."""
+    template = getattr(lm, "prompt_template", "{prompt}")
+    return len(lm.encode(template.replace("{prompt}", prompt))) or 1
 
 
 def answer_budget(lm: EvalLM, items: list[Item]) -> int:
@@ -86,4 +105,6 @@ def score_items(
         score.correct += bool(correct)
         score.per_item.append(bool(correct))
         score.outputs.append(out)
+        score.prompt_tokens.append(prompt_length(lm, item.prompt))
+        score.generated_tokens.append(len(lm.encode(out)))
     return score

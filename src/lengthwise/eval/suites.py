@@ -7,7 +7,13 @@ was trained on: the training split's task source defines the in-distribution ite
 and its text splits give documents for per-position loss.
 
 - lengths: task accuracy at 1x, 2x, 4x (configurable) the longest training length, and
-  per-position loss of held-out text out to the largest multiple of the training context.
+  per-position loss of held-out text out to the largest multiple of the training context. With
+  `--shots K`, 1x is the longest *demonstrated* length (per task), so 2x/4x mean for in-context
+  learning what they mean for training.
+
+Every task suite takes `FewShot` settings (lengthwise.eval.fewshot): K demonstrations from the
+training length range in the prompt, another `--format`, a chat template; each row reports prompt
+and generated tokens per item beside accuracy and parse rate.
 - valley: per complexity level, accuracy on items the model trained on (ID) and on fresh items
   of the same lengths (OOD); the critical complexity is the level with the largest gap.
 - memorization: per-item accuracy against how often the item's terms occur in the training data.
@@ -29,6 +35,7 @@ from lengthwise.data.store import TokenStore
 from lengthwise.data.tokenizer import load_tokenizer
 from lengthwise.errors import UserError
 from lengthwise.eval.accuracy import positions_needed, score_items
+from lengthwise.eval.fewshot import FewShot, check_chat_folder, demonstrations, with_demos
 from lengthwise.eval.lm import EvalLM
 from lengthwise.io import atomic_write_text
 from lengthwise.rundir import RunDir
@@ -57,8 +64,27 @@ def check_device(device: str) -> None:
         raise UserError(f"--device {device}: MPS is not available here; use cpu")
 
 
-def load_lm(target: Path, device: str = "cpu", prompt_template: str = "{prompt}") -> EvalLM:
-    """A lengthwise run directory or export folder, or a Hugging Face causal LM folder."""
+def check_few_shot(cfg: Config, suite: str, few: FewShot) -> None:
+    """The few-shot settings against the training split, before a model is loaded."""
+    if not few.active:
+        return
+    src = cfg.data.splits.get("train")
+    if src is None or src.kind != "task":
+        raise UserError(
+            f"--shots/--format/--chat-template: the config's train split is not a task source, "
+            f"so the {suite} suite has no task items to prompt"
+        )
+    tasks = [get_task(t, **src.params) for t in task_names(src)]
+    few.check(tasks, src.format)
+    for task in tasks:  # enough distinct demonstrations (cheap: K items drawn)
+        demonstrations(task, tuple(src.lengths), few.shots, few.format_for(src.format), few.seed)
+
+
+def load_lm(
+    target: Path, device: str = "cpu", prompt_template: str = "{prompt}", chat: bool = False
+) -> EvalLM:
+    """A lengthwise run directory or export folder, or a Hugging Face causal LM folder. `chat`:
+    refuse, before loading, a model whose tokenizer has no chat template."""
     check_device(device)
     target = Path(target)
     name = target.name
@@ -75,10 +101,18 @@ def load_lm(target: Path, device: str = "cpu", prompt_template: str = "{prompt}"
     if meta.get("format") == "lengthwise":
         from lengthwise.eval.lengthwise_lm import LengthwiseLM
 
+        if chat:
+            raise UserError(
+                f"--chat-template: {name} is a lengthwise model, it has no chat template"
+            )
+
         lm = LengthwiseLM.from_export(target, device=device)
         lm.name = name
         return lm
     from lengthwise.eval.hf import HFCausalLM
+
+    if chat:
+        check_chat_folder(target)
 
     return HFCausalLM.from_pretrained(target, device=device, prompt_template=prompt_template)
 
@@ -131,28 +165,38 @@ def check_positions(lm: EvalLM, needed: int, what: str) -> None:
 
 
 def length_accuracy(
-    lm: EvalLM, src: SourceConfig, multiples: list[float], n: int, batch_size: int
+    lm: EvalLM,
+    src: SourceConfig,
+    multiples: list[float],
+    n: int,
+    batch_size: int,
+    few: FewShot | None = None,
 ) -> list[dict[str, Any]]:
-    """Per task and multiple m: items of exactly round(m x longest training length). Every
-    item is generated (and checked against the model's positions) before any is scored."""
-    train_len = src.lengths[1]
+    """Per task and multiple m: items of exactly round(m x base length), the base being the
+    longest training length, or with demonstrations the longest demonstrated one. Every item is
+    generated (and checked against the model's positions) before any is scored."""
+    few = few or FewShot()
+    fmt = few.format_for(src.format)
     keys = {it.key for it in task_source_items(src)}
     todo = []
     for name in task_names(src):
         task = get_task(name, **src.params)
+        demos = demonstrations(task, tuple(src.lengths), few.shots, fmt, few.seed)
+        base = max((d.length for d in demos), default=src.lengths[1])
+        used = keys | {d.key for d in demos}
         for m in multiples:
-            length = max(1, round(m * train_len))
-            items = list(
-                generate_items(
-                    task, (length, length), n, src.format, 10_000 + int(100 * m), exclude=keys
-                )
+            length = max(1, round(m * base))
+            fresh = generate_items(
+                task, (length, length), n, fmt, 10_000 + int(100 * m), exclude=used
             )
+            items = with_demos(lm, demos, list(fresh), few.chat)
             check_positions(lm, positions_needed(lm, items), f"{name} at {m:g}x ({length})")
-            todo.append((name, task, m, length, items))
+            todo.append((name, task, m, length, base, items))
     rows = []
-    for name, task, m, length, items in todo:
+    for name, task, m, length, base, items in todo:
         score = score_items(lm, task, items, batch_size=batch_size)
-        rows.append({"task": name, "multiple": m, "length": length, **score.to_dict()})
+        row = {"task": name, "multiple": m, "length": length, "base_length": base}
+        rows.append({**row, **score.to_dict()})
     return rows
 
 
@@ -196,9 +240,11 @@ def suite_lengths(
     text_split: str | None = None,
     n_docs: int = 8,
     batch_size: int = 64,
+    few: FewShot | None = None,
 ) -> tuple[dict[str, Any], str]:
     from lengthwise.eval import plots
 
+    few = few or FewShot()
     result: dict[str, Any] = {"model": lm.name, "multiples": multiples}
     lines = []
     split = text_split or next(
@@ -211,15 +257,25 @@ def suite_lengths(
         check_positions(lm, n_tokens - 1, f"per-position loss to {max(multiples):g}x {train_len}")
         store = TokenStore(cfg.data.out_dir / split)
     src = cfg.data.splits.get("train")
+    check_few_shot(cfg, "lengths", few)
     if src is not None and src.kind == "task":
-        rows = length_accuracy(lm, src, multiples, n, batch_size)
-        result["task"] = {"train_max_length": src.lengths[1], "format": src.format, "rows": rows}
+        few.check([get_task(t, **src.params) for t in task_names(src)], src.format, lm)
+        rows = length_accuracy(lm, src, multiples, n, batch_size, few)
+        result["task"] = {
+            "train_max_length": src.lengths[1],
+            "format": few.format_for(src.format),
+            **few.to_dict(),
+            "rows": rows,
+        }
         plots.plot_length_accuracy(rows, out / "lengths_accuracy.png")
-        lines.append(f"{'task':<16}{'x':>6}{'length':>8}{'acc':>8}{'parsed':>8}{'n':>6}")
+        lines.append(
+            f"{'task':<16}{'x':>6}{'length':>8}{'acc':>8}{'parsed':>8}{'n':>6}"
+            f"{'prompt tok':>12}{'gen tok':>10}  (mean/max per item)"
+        )
         for r in rows:
             lines.append(
                 f"{r['task']:<16}{r['multiple']:>5g}x{r['length']:>8}{r['acc']:>8.3f}"
-                f"{r['parse_rate']:>8.3f}{r['n']:>6}"
+                f"{r['parse_rate']:>8.3f}{r['n']:>6}{_cost(r, 'prompt'):>12}{_cost(r, 'gen'):>10}"
             )
     if store is not None:
         curve, used = position_losses(
@@ -246,29 +302,62 @@ def suite_lengths(
     return result, "\n".join(lines)
 
 
+def _cost(row: dict[str, Any], what: str, prefix: str = "") -> str:
+    """ "mean/max" tokens per item of a score row (what: prompt or gen)."""
+    return f"{row[f'{prefix}{what}_tokens_mean']:.0f}/{row[f'{prefix}{what}_tokens_max']}"
+
+
+def _cost_line(name: str, row: dict[str, Any], prefix: str = "") -> str:
+    return (
+        f"  {name}: prompt tokens {_cost(row, 'prompt', prefix)}, "
+        f"generated tokens {_cost(row, 'gen', prefix)} (mean/max per item)"
+    )
+
+
 # ---------------------------------------------------------------------- valley
 
 
 def suite_valley(
-    lm: EvalLM, cfg: Config, out: Path, n: int = 100, batch_size: int = 64
+    lm: EvalLM,
+    cfg: Config,
+    out: Path,
+    n: int = 100,
+    batch_size: int = 64,
+    few: FewShot | None = None,
 ) -> tuple[dict[str, Any], str]:
     from lengthwise.eval import plots
     from lengthwise.eval.valley import format_valley, valley_table
 
+    few = few or FewShot()
     src = train_task_source(cfg, "valley")
-    trained = list(task_source_items(src))
+    few.check([get_task(t, **src.params) for t in task_names(src)], src.format, lm)
+    fmt = few.format_for(src.format)
+    # the trained problems, rendered in the evaluated format (the same keys in every format)
+    trained = list(task_source_items(src.model_copy(update={"format": fmt})))
     keys = {it.key for it in trained}
-    rows = []
+    rows, costs = [], []
     for k, name in enumerate(task_names(src)):
         task = get_task(name, **src.params)
         seen = [it for it in trained if it.task == name][:n]
-        fresh = list(
-            generate_items(task, tuple(src.lengths), n, src.format, 20_000 + k, exclude=keys)
+        demos = demonstrations(
+            task, tuple(src.lengths), few.shots, fmt, few.seed, {it.key for it in seen}
         )
-        id_score = score_items(lm, task, seen, batch_size=batch_size)
-        ood_score = score_items(lm, task, fresh, batch_size=batch_size)
+        used = keys | {d.key for d in demos}
+        fresh = list(generate_items(task, tuple(src.lengths), n, fmt, 20_000 + k, exclude=used))
+        id_score = score_items(
+            lm, task, with_demos(lm, demos, seen, few.chat), batch_size=batch_size
+        )
+        ood_score = score_items(
+            lm, task, with_demos(lm, demos, fresh, few.chat), batch_size=batch_size
+        )
+        id_d, ood_d = id_score.to_dict(), ood_score.to_dict()
+        cost = {f"id_{c}": id_d[c] for c in id_d if "tokens" in c}
+        cost.update({f"ood_{c}": ood_d[c] for c in ood_d if "tokens" in c})
+        costs.append(_cost_line(f"{name} ID", cost, "id_"))
+        costs.append(_cost_line(f"{name} OOD", cost, "ood_"))
         rows.append(
             {
+                **cost,
                 "task": name,
                 "complexity": task.complexity,
                 "level": task.level,
@@ -281,11 +370,11 @@ def suite_valley(
             }
         )
     table = valley_table(rows)
-    result = {"model": lm.name, "lengths": src.lengths, "format": src.format, **table}
+    result = {"model": lm.name, "lengths": src.lengths, "format": fmt, **few.to_dict(), **table}
     result["rows"] = rows
     write_json(out / "valley.json", result)
     plots.plot_valley(table, out / "valley.png")
-    return result, format_valley(table)
+    return result, "\n".join([format_valley(table), "inference cost:", *costs])
 
 
 # ---------------------------------------------------------------------- memorization
@@ -303,7 +392,13 @@ def training_term_counts(src: SourceConfig, terms: set[str], mode: str = "number
 
 
 def suite_memorization(
-    lm: EvalLM, cfg: Config, out: Path, n: int = 500, batch_size: int = 64, mode: str = "numbers"
+    lm: EvalLM,
+    cfg: Config,
+    out: Path,
+    n: int = 500,
+    batch_size: int = 64,
+    mode: str = "numbers",
+    few: FewShot | None = None,
 ) -> tuple[dict[str, Any], str]:
     from lengthwise.eval import plots
     from lengthwise.eval.memorization import (
@@ -312,23 +407,29 @@ def suite_memorization(
         memorization_report,
     )
 
+    few = few or FewShot()
     src = train_task_source(cfg, "memorization")
+    few.check([get_task(t, **src.params) for t in task_names(src)], src.format, lm)
+    fmt = few.format_for(src.format)
     trained_keys = {it.key for it in task_source_items(src)}
-    items, correct = [], []
+    items, correct, costs, cost_rows = [], [], [], {}
     for k, name in enumerate(task_names(src)):
         task = get_task(name, **src.params)
-        fresh = list(
-            generate_items(
-                task, tuple(src.lengths), n, src.format, 30_000 + k, exclude=trained_keys
-            )
-        )
-        score = score_items(lm, task, fresh, batch_size=batch_size)
+        demos = demonstrations(task, tuple(src.lengths), few.shots, fmt, few.seed)
+        used = trained_keys | {d.key for d in demos}
+        fresh = list(generate_items(task, tuple(src.lengths), n, fmt, 30_000 + k, exclude=used))
+        score = score_items(lm, task, with_demos(lm, demos, fresh, few.chat), batch_size=batch_size)
         items.extend(fresh)
         correct.extend(score.per_item)
+        d = score.to_dict()
+        cost_rows[name] = {c: d[c] for c in d if "tokens" in c or c == "parse_rate"}
+        costs.append(_cost_line(name, d))
     counts = training_term_counts(src, {t for it in items for t in it.terms}, mode)
     freq = item_frequency([it.terms for it in items], counts)
     report = memorization_report(freq, np.asarray(correct, dtype=float))
-    result = {"model": lm.name, "n_items": len(items), "terms": mode, **report}
+    result = {"model": lm.name, "n_items": len(items), "terms": mode, "format": fmt, **report}
+    result.update(few.to_dict())
+    result["per_task"] = cost_rows
     result["items"] = [
         {"key": it.key, "frequency": float(f), "correct": bool(c)}
         for it, f, c in zip(items, freq, correct, strict=True)
@@ -336,4 +437,4 @@ def suite_memorization(
     write_json(out / "memorization.json", result)
     accuracy = np.asarray(correct, dtype=float)
     plots.plot_memorization(freq, accuracy, report, out / "memorization.png")
-    return result, format_memorization(report)
+    return result, "\n".join([format_memorization(report), "inference cost:", *costs])
