@@ -387,6 +387,10 @@ class EvalSetConfig(Strict):
     values: Literal["all", "seen", "unseen"] = "all"
     heldout: float = Field(default=0.1, gt=0, lt=1)  # task: the training source's held-out share
     max_new_tokens: int | None = Field(default=None, gt=0)  # None: from the longest answer
+    shots: int = Field(default=0, ge=0)  # task: demonstrations before each item (few-shot)
+    shots_seed: int = 0  # task: the demonstrations' seed
+    # task: [lo, hi] demonstration lengths (None: the train split's if a task source, else lengths)
+    shots_lengths: list[int] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> EvalSetConfig:
@@ -396,6 +400,14 @@ class EvalSetConfig(Strict):
             raise ValueError(f"eval set '{self.name}': a task set needs 'task'")
         if self.kind == "task" and (len(self.lengths) != 2 or self.lengths[0] > self.lengths[1]):
             raise ValueError(f"eval set '{self.name}': lengths must be [lo, hi]")
+        sl = self.shots_lengths
+        if sl is not None and (len(sl) != 2 or not 1 <= sl[0] <= sl[1]):
+            raise ValueError(f"eval set '{self.name}': shots_lengths must be [lo, hi], 1 <= lo")
+        if self.shots and self.format == "coupled":
+            raise ValueError(
+                f"eval set '{self.name}': shots need a format other than coupled (its position "
+                "ids describe a single problem)"
+            )
         return self
 
 

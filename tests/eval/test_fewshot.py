@@ -14,6 +14,8 @@ import torch
 pytest.importorskip("transformers", reason="the tiny model is a Hugging Face Llama")
 
 from lengthwise.cli import main  # noqa: E402
+from lengthwise.config import Config  # noqa: E402
+from lengthwise.errors import UserError  # noqa: E402
 from lengthwise.eval import suites  # noqa: E402
 from lengthwise.eval.fewshot import demonstrations, few_shot_prompt  # noqa: E402
 from lengthwise.eval.hf import HFCausalLM  # noqa: E402
@@ -208,3 +210,42 @@ def test_bad_few_shot_input(setup, tmp_path, capsys, cfg, extra, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+def _eval_cfg(root: Path, **spec) -> Config:
+    """A run config on 1-3 digit addition with one task eval set (nothing is prepared: the
+    Evaluator reads task sets only)."""
+    return Config.model_validate(
+        {
+            "data": {
+                "out_dir": str(root / "data"),
+                "tokenizer": {"kind": "char"},
+                "splits": {"train": {"kind": "task", "task": "addition", "lengths": [1, 3]}},
+            },
+            "eval": {"sets": [{"name": "x", "kind": "task", "task": "addition", **spec}]},
+        }
+    )
+
+
+def test_eval_set_shots(tmp_path):
+    """`shots` in an eval set: demonstrations from the training lengths (1-3) before OOD items
+    (5-6 digits), none a test item; shots 0 leaves the items exactly as before."""
+    from lengthwise.data.tokenizer import char_tokenizer
+    from lengthwise.eval.evaluator import Evaluator
+
+    tok = char_tokenizer()
+    spec = {"lengths": [5, 6], "n": 20, "tag": "ood"}
+    plain = Evaluator(_eval_cfg(tmp_path, **spec), tok, torch.device("cpu")).items["x"]
+    ev = Evaluator(_eval_cfg(tmp_path, shots=4, shots_seed=3, **spec), tok, torch.device("cpu"))
+    items = ev.items["x"]
+    demos = demonstrations(get_task("addition"), (1, 3), 4, "direct", seed=3)
+    text = "".join(d.prompt + d.completion + "\n" for d in demos)
+    assert all(it.prompt == text + it.key.split(":")[1] + "=" for it in items)
+    assert not {it.key for it in items} & {d.key for d in demos}
+    assert [it.key for it in plain] == [it.key for it in items]  # 5-6 digits never collide
+    assert all(1 <= d.length <= 3 for d in demos)
+    assert ev.positions_needed() > max(len(tok.encode(it.prompt)) for it in plain) + 4 * 5
+    with pytest.raises(UserError, match="eval set 'x': shots 101: task 'addition' has fewer"):
+        Evaluator(_eval_cfg(tmp_path, shots=101, shots_lengths=[1, 1]), tok, "cpu")
+    with pytest.raises(ValueError, match="eval set 'x': shots need a format other than coupled"):
+        _eval_cfg(tmp_path, shots=1, format="coupled")

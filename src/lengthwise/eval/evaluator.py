@@ -5,7 +5,9 @@ Metrics are named `SET/METRIC`: text sets give `SET/loss` and `SET/ppl`, task se
 `SET/parse_rate`. The main metric of a set is `loss` (text) or `acc` (task); the means of the OOD
 sets' main metrics are `ood_mean/acc` and `ood_mean/loss` (the default early-stopping metric).
 
-Task items are generated once, deterministically from the set's seed; with `fresh: true`, items
+Task items are generated once, deterministically from the set's seed (with `shots: K`, each
+prompt starts with K demonstrations from the in-distribution lengths: a few-shot metric the
+monitor can watch like any other); with `fresh: true`, items
 whose problem occurs in the training split (a task source) are replaced by fresh ones, so an OOD
 set never tests memorized items. In a distributed run each rank scores every W-th item and the
 counts are summed (text loss is split the same way by evaluate_loss); with FSDP2 the ranks
@@ -33,6 +35,7 @@ from lengthwise.data.store import TokenStore
 from lengthwise.data.tokenizer import Tokenizer
 from lengthwise.errors import UserError
 from lengthwise.eval.accuracy import answer_budget, positions_needed, score_items
+from lengthwise.eval.fewshot import demonstrations, with_demos
 from lengthwise.eval.lengthwise_lm import LengthwiseLM
 from lengthwise.eval.loss import evaluate_loss
 from lengthwise.tasks import Item, Task, generate_items, get_task
@@ -58,19 +61,43 @@ def training_keys(cfg: Config, split: str = "train") -> set[str]:
     return {it.key for it in task_source_items(src)}
 
 
-def task_items(spec: EvalSetConfig, exclude: set[str]) -> list[Item]:
-    return list(
-        generate_items(
-            task_of(spec),
-            tuple(spec.lengths),
-            spec.n,
-            spec.format,
-            spec.seed,
-            exclude=exclude if spec.fresh else None,
-            values=spec.values,
-            heldout=spec.heldout,
-        )
+def shot_lengths(cfg: Config, spec: EvalSetConfig) -> tuple[int, int]:
+    """Where a set's demonstrations come from: `shots_lengths`, else the training split's length
+    range when it is a task source (the in-distribution lengths), else the set's own."""
+    if spec.shots_lengths is not None:
+        return spec.shots_lengths[0], spec.shots_lengths[1]
+    src = cfg.data.splits.get("train")
+    if src is not None and src.kind == "task":
+        return src.lengths[0], src.lengths[1]
+    return spec.lengths[0], spec.lengths[1]
+
+
+def task_items(
+    spec: EvalSetConfig, exclude: set[str], demo_lengths: tuple[int, int] | None = None
+) -> list[Item]:
+    """The set's items; with `shots`, their prompts carry the demonstrations (drawn from
+    `demo_lengths`, default the set's lengths), and no item is a demonstration."""
+    task = task_of(spec)
+    demos = demonstrations(
+        task,
+        demo_lengths or (spec.lengths[0], spec.lengths[1]),
+        spec.shots,
+        spec.format,
+        spec.shots_seed,
+        what=f"eval set '{spec.name}': shots",
     )
+    skip = (exclude if spec.fresh else set()) | {d.key for d in demos}
+    items = generate_items(
+        task,
+        tuple(spec.lengths),
+        spec.n,
+        spec.format,
+        spec.seed,
+        exclude=skip or None,
+        values=spec.values,
+        heldout=spec.heldout,
+    )
+    return with_demos(None, demos, list(items))
 
 
 def main_metric(spec: EvalSetConfig) -> str:
@@ -100,7 +127,7 @@ class Evaluator:
         task_sets = [s for s in self.sets if s.kind == "task"]
         keys = training_keys(cfg) if any(s.fresh for s in task_sets) else set()
         self.tasks = {s.name: task_of(s) for s in task_sets}
-        self.items = {s.name: task_items(s, keys) for s in task_sets}
+        self.items = {s.name: task_items(s, keys, shot_lengths(cfg, s)) for s in task_sets}
 
     def positions_needed(self) -> int:
         """The most position ids an eval uses: text windows of batching.max_len, task prompts

@@ -44,11 +44,12 @@ def demonstrations(
     fmt: str,
     seed: int,
     exclude_keys: set[str] | None = None,
+    what: str = "--shots",
 ) -> list[Item]:
     """`k` distinct items of `task` in `fmt`, lengths drawn from `lengths` (lo, hi), none with a
-    key in `exclude_keys`; deterministic from `seed`."""
+    key in `exclude_keys`; deterministic from `seed`. `what` names the setting in errors."""
     if k < 0:
-        raise UserError(f"--shots {k}: must be >= 0")
+        raise UserError(f"{what} {k}: must be >= 0")
     # generate_items reads `exclude` at each draw: keys added here keep the demonstrations
     # distinct (the sentinel keeps the set non-empty, so generate_items uses this very set)
     exclude = {*(exclude_keys or ()), "\0"}
@@ -59,7 +60,7 @@ def demonstrations(
             demos.append(it)
     except ValueError:
         raise UserError(
-            f"--shots {k}: task '{task.name}' has fewer than {k} distinct problems at lengths "
+            f"{what} {k}: task '{task.name}' has fewer than {k} distinct problems at lengths "
             f"{lengths[0]}-{lengths[1]} (beside the test items); choose fewer shots"
         ) from None
     return demos
