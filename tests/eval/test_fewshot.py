@@ -136,11 +136,13 @@ def test_lengths_suite_few_shot(setup, tmp_path, monkeypatch, capsys):
     seen = _spy(monkeypatch)
     argv = ("--suite", "lengths", "--shots", "3", "--format", "scratchpad", "--shots-seed", "4")
     assert _eval(setup, "plain", tmp_path / "a", *argv) == 0
-    assert "prompt tok" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "prompt tok" in printed
     task = get_task("addition")
     demos = demonstrations(task, (1, 3), 3, "scratchpad", seed=4)
     text = "".join(d.prompt + d.completion + "\n" for d in demos)
     base = max(d.length for d in demos)
+    assert f"3-shot prompts: 1x is the longest demonstrated length (addition {base})" in printed
     rows = json.loads((tmp_path / "a" / "lengths.json").read_text())["task"]["rows"]
     assert [(r["base_length"], r["length"]) for r in rows] == [(base, base), (base, 2 * base)]
     assert len(seen) == 2

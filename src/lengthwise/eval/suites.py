@@ -268,6 +268,13 @@ def suite_lengths(
             "rows": rows,
         }
         plots.plot_length_accuracy(rows, out / "lengths_accuracy.png")
+        if few.shots:
+            bases = ", ".join(
+                f"{t} {b}" for t, b in {r["task"]: r["base_length"] for r in rows}.items()
+            )
+            lines.append(
+                f"{few.shots}-shot prompts: 1x is the longest demonstrated length ({bases})"
+            )
         lines.append(
             f"{'task':<16}{'x':>6}{'length':>8}{'acc':>8}{'parsed':>8}{'n':>6}"
             f"{'prompt tok':>12}{'gen tok':>10}  (mean/max per item)"
