@@ -87,7 +87,8 @@ def score_items(
     batch_size: int = 64,
 ) -> TaskScore:
     """Greedy answers to every item, checked by the task (with the task's position ids when
-    the items carry them and the model can use them)."""
+    the items carry them and the model can use them), and the tokens each item cost: its prompt
+    as the model reads it, and its answer re-encoded (the stop token not counted)."""
     budget = max_new_tokens or answer_budget(lm, items)
     prompts = [it.prompt for it in items]
     coupled = bool(items) and all(it.positions is not None for it in items)
@@ -98,6 +99,7 @@ def score_items(
     else:
         outputs = lm.greedy(prompts, budget, batch_size=batch_size)
     score = TaskScore()
+    count = hasattr(lm, "encode")  # stand-in models of tests may only `greedy`: no counts
     for item, out in zip(items, outputs, strict=True):
         parsed, correct = task.check(item, out)
         score.total += 1
@@ -105,6 +107,7 @@ def score_items(
         score.correct += bool(correct)
         score.per_item.append(bool(correct))
         score.outputs.append(out)
-        score.prompt_tokens.append(prompt_length(lm, item.prompt))
-        score.generated_tokens.append(len(lm.encode(out)))
+        if count:
+            score.prompt_tokens.append(prompt_length(lm, item.prompt))
+            score.generated_tokens.append(len(lm.encode(out)))
     return score
