@@ -251,3 +251,13 @@ def test_eval_set_shots(tmp_path):
         Evaluator(_eval_cfg(tmp_path, shots=101, shots_lengths=[1, 1]), tok, "cpu")
     with pytest.raises(ValueError, match="eval set 'x': shots need a format other than coupled"):
         _eval_cfg(tmp_path, shots=1, format="coupled")
+
+
+def test_chat_template_refused_for_lengthwise_models(tmp_path):
+    """A lengthwise export has no chat template: refused before any weight is read."""
+    (tmp_path / "config.json").write_text(json.dumps({"format": "lengthwise"}))
+    with pytest.raises(UserError, match="--chat-template: .* is a lengthwise model"):
+        suites.load_lm(tmp_path, chat=True)
+    with pytest.raises(Exception) as e:  # without chat, it goes on to read the (absent) weights
+        suites.load_lm(tmp_path)
+    assert "--chat-template" not in str(e.value)
