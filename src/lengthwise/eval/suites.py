@@ -58,9 +58,18 @@ def check_device(device: str) -> None:
 
 
 def load_lm(target: Path, device: str = "cpu", prompt_template: str = "{prompt}") -> EvalLM:
-    """A lengthwise run directory or export folder, or a Hugging Face causal LM folder."""
+    """A lengthwise run directory or export folder, a Hugging Face causal LM folder, or a
+    `.gguf` file (converted by transformers on every load: `lengthwise models pull` caches)."""
     check_device(device)
     target = Path(target)
+    if target.suffix == ".gguf":
+        from lengthwise.eval.hf import HFCausalLM
+        from lengthwise.eval.pretrained import load_gguf
+
+        model, tokenizer = load_gguf(target)
+        return HFCausalLM(
+            model, tokenizer, device=device, prompt_template=prompt_template, name=target.stem
+        )
     name = target.name
     run = RunDir(target)
     if run.is_run() and run.export_dir.is_dir():
