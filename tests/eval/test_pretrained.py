@@ -320,3 +320,24 @@ def test_real_smollm2_pull_and_answer(tmp_path: Path, capsys: pytest.CaptureFixt
     text = "The capital of France is Paris. It is a large city on the Seine."
     losses = np.asarray(lm.token_losses(lm.encode(text)), dtype=float)
     assert losses.mean() < 4.0  # uniform over the 49152-token vocabulary would be 10.8
+
+
+def test_pull_uses_an_installed_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the package is installed at the registry's version, its GGUF file is used as is
+    (no pip); another version is not used."""
+    from lengthwise.eval import pretrained
+
+    (tmp_path / "pkg").mkdir()
+    write_tiny_gguf(tmp_path / "pkg" / "m.gguf")
+    entry = pretrained.KnownModel("some-pkg", "1.2", "pkg/m.gguf", "llama", "")
+
+    class Dist:
+        version = "1.2"
+
+        def locate_file(self, rel: str) -> Path:
+            return tmp_path / rel
+
+    monkeypatch.setattr(pretrained.importlib.metadata, "distribution", lambda name: Dist())
+    assert pretrained._installed_gguf(entry) == tmp_path / "pkg" / "m.gguf"
+    Dist.version = "1.3"
+    assert pretrained._installed_gguf(entry) is None
