@@ -392,7 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "pull":
             q.add_argument("name", help="a known model, e.g. smollm2-135m (see: models list)")
         q.add_argument(
-            "--cache", type=Path, default=None, help="default: $LENGTHWISE_CACHE/models or ~/.cache"
+            "--cache",
+            type=Path,
+            default=None,
+            help="folder of converted models (default: $LENGTHWISE_CACHE/models, else "
+            "~/.cache/lengthwise/models)",
         )
         q.set_defaults(func=cmd_models)
     return parser
