@@ -57,6 +57,61 @@ def test_top_k_parameter():
         get_task("top_k", k=0)
 
 
+@pytest.mark.parametrize(
+    "problem, fmt, completion, answer",
+    [
+        ((2, (5, 3, 9, 1)), "direct", "5", "5"),
+        ((2, (5, 3, 9, 1)), "scratchpad", "9;5|5", "5"),
+        ((4, (5, 3, 9, 1)), "scratchpad", "9;5;3;1|1", "1"),
+        ((3, (7, 1, 7, 4)), "direct", "4", "4"),
+        ((3, (7, 1, 7, 4)), "scratchpad", "7;7;4|4", "4"),  # duplicates count
+        ((1, (0, 0, 0, 0)), "scratchpad", "0|0", "0"),
+    ],
+)
+def test_kth_largest_by_hand(problem, fmt, completion, answer):
+    k, values = problem
+    body = f"{k}:{','.join(map(str, values))}"
+    task, item = render_check("kth_largest", problem, fmt, f"kth:{body}=", completion, answer)
+    assert item.key == f"kth_largest:{body}" and item.length == len(values)
+    assert item.terms == tuple(map(str, values))  # the list only, not k
+    head = completion[: len(completion) - len(answer)]
+    assert task.check(item, head + " " + answer + " ") == (True, True)
+    assert task.check(item, head + "98") == (True, False)
+    assert task.check(item, head + answer + ",1") == (False, False)  # one int, not a list
+    if fmt == "scratchpad":
+        assert task.check(item, answer) == (False, False)  # no "|"
+        assert task.check(item, "1;2|" + answer) == (True, True)  # only the answer counts
+    else:
+        assert task.check(item, "9;5|" + answer) == (False, False)
+
+
+def test_kth_largest_rejects_bad_problems():
+    task = get_task("kth_largest")
+    for k in (0, 5, -1, True, "2", 2.0):
+        with pytest.raises(ValueError, match="k must be an int in 1..4"):
+            task.render((k, (5, 3, 9, 1)), "direct")
+    with pytest.raises(ValueError, match="length >= 4"):
+        task.render((2, (5, 3, 9)), "direct")
+    with pytest.raises(ValueError, match="length >= 4"):
+        task.sample(random.Random(0), 3)
+    with pytest.raises(ValueError, match="format"):
+        task.render((2, (5, 3, 9, 1)), "reversed")
+
+
+def test_kth_largest_k_is_drawn_from_2_to_half_n():
+    seen: dict[int, set[int]] = {}
+    for item in generate_items("kth_largest", (4, 11), 400, "scratchpad", seed=4):
+        k = int(item.prompt.split(":")[1])
+        values = [int(v) for v in item.terms]
+        assert 2 <= k <= len(values) // 2 and all(0 <= v <= 99 for v in values)
+        assert item.answer == str(sorted(values, reverse=True)[k - 1])
+        assert item.completion.split("|")[0].split(";") == [
+            str(v) for v in sorted(values, reverse=True)[:k]
+        ]
+        seen.setdefault(len(values), set()).add(k)
+    assert seen == {n: set(range(2, n // 2 + 1)) for n in range(4, 12)}  # every k turns up
+
+
 def test_ordered_answers_compare_in_order():
     sort = get_task("sort")
     item = sort.render((5, 3, 9), "direct")
@@ -218,6 +273,8 @@ def test_two_sum_scratchpad_stops_at_the_pair():
 
 
 def test_ladder_levels():
+    # kth_largest (Scylla's FindTopk) stands in for top_k, which stays registered
+    assert "kth_largest" in LADDER and "top_k" not in LADDER and len(set(LADDER)) == 10
     levels = [get_task(name).level for name in LADDER]
     assert levels == sorted(levels) == [0, 0, 0, 1, 1, 1, 1, 2, 3, 4]
     assert [

@@ -27,6 +27,7 @@ EXPECTED_FORMATS = {
     "max": ("direct", "scratchpad"),
     "mode": ("direct",),
     "top_k": ("direct",),
+    "kth_largest": ("direct", "scratchpad"),
     "sort": ("direct",),
     "remove_duplicates": ("direct",),
     "two_sum": ("direct", "scratchpad"),

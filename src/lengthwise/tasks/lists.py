@@ -1,12 +1,14 @@
 """The complexity ladder after Scylla (arXiv 2410.01769): list tasks with one valid answer.
 
-`length` is the list size N. Prompts are ``PREFIX:LIST=`` (the sum tasks: ``PREFIX:TARGET:LIST=``)
-with list numbers in decimal, separated by ``,``. Answers are a number or a ``,``-separated list::
+`length` is the list size N. Prompts are ``PREFIX:LIST=`` (the sum tasks: ``PREFIX:TARGET:LIST=``,
+kth_largest: ``kth:K:LIST=``) with list numbers in decimal, separated by ``,``. Answers are a number
+or a ``,``-separated list::
 
     task               prefix     complexity   level  answer
     min                min        O(N)         0      smallest value
     max                max        O(N)         0      largest value
     mode               mode       O(N)         0      the most frequent value (unique)
+    kth_largest        kth        O(N..N^2)    1      the K-th largest value (K in the prompt)
     top_k (k=3)        top3       O(N..N^2)    1      the k largest values, largest first
     sort               sort       O(N..N^2)    1      values ascending
     remove_duplicates  dedup      O(N..N^2)    1      first occurrences, in input order
@@ -19,12 +21,20 @@ Sum-task answers are the chosen values in ascending order, and `check` compares 
 multiset (any order is correct). Uniqueness is over positions: exactly one set of list positions
 (of size 2/3/4 for two/three/four-sum, of any non-zero size for subset-sum) sums to the target.
 
-Formats (every task: direct; min, max, two_sum: also scratchpad; no reversed or index_hints)::
+`LADDER` (the suite the generalization valley walks) uses kth_largest, not top_k: it is
+Scylla's FindTopk (K drawn per problem from 2..N//2, answer ``sorted(values, reverse=True)[K-1]``),
+so ladder results are comparable with Scylla's. top_k (k fixed per task, the k largest values) stays
+registered for configs that name it.
+
+Formats (every task: direct; min, max, kth_largest, two_sum: also scratchpad; no reversed or
+index_hints)::
 
     direct       min:5,3,9=            -> 3
     scratchpad   min:5,3,9=            -> 5;3;3|3          (running minimum)
     scratchpad   max:5,3,9=            -> 5;5;9|9          (running maximum)
     direct       mode:5,3,5,7=         -> 5
+    direct       kth:2:5,3,9,1=        -> 5
+    scratchpad   kth:2:5,3,9,1=        -> 9;5|5            (1st..K-th largest, one per step)
     direct       top3:5,3,9,1=         -> 9,5,3
     direct       sort:5,3,9=           -> 3,5,9
     direct       dedup:3,5,3,9=        -> 3,5,9
@@ -34,13 +44,15 @@ Formats (every task: direct; min, max, two_sum: also scratchpad; no reversed or 
     direct       4sum:17:3,8,1,5,2=    -> 1,3,5,8
     direct       subsetsum:10:3,8,1,6= -> 1,3,6
 
-The two-sum scratchpad is the one-pass hash-set algorithm: for each element x in order it writes
-``TARGET-x=complement`` and stops at the first x whose complement occurred earlier.
+The kth_largest scratchpad is selection by repeated maximum: step j is the j-th largest value
+(duplicates count, ``kth:3:7,1,7,4=`` -> ``7;7;4|4``), so there are K steps and the last is the
+answer. The two-sum scratchpad is the one-pass hash-set algorithm: for each element x in order it
+writes ``TARGET-x=complement`` and stops at the first x whose complement occurred earlier.
 
 Value ranges (uniform draws):
 
-- min, max, mode, top_k, sort: 0..99. Mode: when the most frequent value is tied, one element that
-  is not the chosen value is replaced by it, which makes it the unique mode.
+- min, max, mode, kth_largest, top_k, sort: 0..99. Mode: when the most frequent value is tied,
+  one element that is not the chosen value is replaced by it, which makes it the unique mode.
 - remove_duplicates: 0..min(99, max(1, N-1)), so that lists of any size have duplicates.
 - sum tasks: 1..V with V = max(99, 2N) (two_sum), max(99, N^2 // 4) (three_sum),
   max(99, N^3 // 16) (four_sum), max(99, 2^N // N) (subset_sum); values grow with N so that a
@@ -49,17 +61,28 @@ Value ranges (uniform draws):
   second solution (tracked exactly with the sums of all smaller subsets), and finally shuffles.
   Since all values are positive, the solution is the only subset that sums to the target.
 
-Problems passed to `render`: a tuple of non-negative ints; for the sum tasks
-``SumProblem(target, values)`` (or a plain ``(target, values)`` pair), solved by brute force,
-which raises ValueError when no or several solutions exist.
+Value pools (`_ListTask.with_pool`, for Scylla's ID/OOD protocol: in-distribution values are
+those a pretrained model writes when asked for test inputs, out-of-distribution ones the rest of
+the range): a copy of the task that draws every value uniformly from the pool's values inside the
+range above; every other draw (K, mode's tie-break, subset size, shuffle) keeps its distribution.
+A pooled item is an ordinary item (same key, rendering and checking). A pool with no value in the
+range, or too few for a sum task to build a unique-solution list, raises ValueError at the draw.
+Without a pool (the default) a seed draws exactly what it drew before pools existed.
+
+Problems passed to `render`: a tuple of non-negative ints; for kth_largest a ``(k, values)`` pair
+(1 <= k <= N); for the sum tasks ``SumProblem(target, values)`` (or a plain ``(target, values)``
+pair), solved by brute force, which raises ValueError when no or several solutions exist.
 """
 
 from __future__ import annotations
 
+import bisect
+import copy
 import itertools
 import math
 import random
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from lengthwise.tasks.registry import (
@@ -76,6 +99,7 @@ __all__ = [
     "FindMax",
     "FindMin",
     "FourSum",
+    "KthLargest",
     "Mode",
     "RemoveDuplicates",
     "Sort",
@@ -91,7 +115,7 @@ LADDER = (
     "min",
     "max",
     "mode",
-    "top_k",
+    "kth_largest",
     "sort",
     "remove_duplicates",
     "two_sum",
@@ -113,15 +137,46 @@ class _ListTask(Task):
 
     prefix: str
     answer_kind: str  # "int" | "list" (ordered) | "multiset"
+    value_min = 0
     value_max = 99
+    pool: tuple[int, ...] | None = None  # sorted distinct values to draw from; None: the range
 
     def _values_max(self, length: int) -> int:
         return self.value_max
 
+    def with_pool(self, pool: Iterable[int]) -> _ListTask:
+        """A copy of this task whose value draws come from `pool` (restricted to the range it
+        would otherwise draw from); keys, rendering and checking are unchanged."""
+        distinct = set(pool)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in distinct):
+            raise ValueError(f"task '{self.name}': a value pool holds ints, got {distinct!r}")
+        values = tuple(sorted(distinct))
+        if not values or values[-1] < self.value_min:
+            raise ValueError(
+                f"task '{self.name}': the value pool ({len(values)} values) has none "
+                f">= {self.value_min}"
+            )
+        task = copy.copy(self)
+        task.pool = values
+        return task
+
+    def _draw_value(self, rng: random.Random, lo: int, hi: int) -> int:
+        """One value uniform in lo..hi, or in the pool's values there: the one place that
+        knows about the pool (without one, exactly the draw tasks made before pools)."""
+        if self.pool is None:
+            return rng.randint(lo, hi)
+        i, j = bisect.bisect_left(self.pool, lo), bisect.bisect_right(self.pool, hi)
+        if i == j:
+            raise ValueError(
+                f"task '{self.name}': the value pool ({len(self.pool)} values) has none "
+                f"in {lo}..{hi}"
+            )
+        return self.pool[i + rng.randrange(j - i)]
+
     def sample(self, rng: random.Random, length: int) -> tuple[int, ...]:
         self._check_length(length)
         hi = self._values_max(length)
-        return tuple(rng.randint(0, hi) for _ in range(length))
+        return tuple(self._draw_value(rng, self.value_min, hi) for _ in range(length))
 
     def _validate(self, values: Any) -> tuple[int, ...]:
         values = tuple(values)
@@ -228,6 +283,40 @@ class TopK(_ListTask):
 
 
 @register
+class KthLargest(_ListTask):
+    """Scylla's FindTopk: the K-th largest value, K drawn per problem from 2..N//2."""
+
+    name = "kth_largest"
+    prefix = "kth"
+    complexity = "O(N..N^2)"
+    formats = ("direct", "scratchpad")
+    answer_kind = "int"
+    min_length = 4  # N//2 >= 2
+
+    def sample(self, rng: random.Random, length: int) -> tuple[int, tuple[int, ...]]:
+        self._check_length(length)
+        k = rng.randrange(2, length // 2 + 1)  # not a value draw: a pool never changes it
+        return k, super().sample(rng, length)
+
+    def render(self, problem: Any, fmt: str) -> Item:
+        self._check_fmt(fmt)
+        k, values = problem
+        values = self._validate(values)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= len(values):
+            raise ValueError(
+                f"{self.name}: k must be an int in 1..{len(values)} (the list size), got {k!r}"
+            )
+        steps = [str(v) for v in sorted(values, reverse=True)[:k]]
+        body = f"{k}:{_join(values)}"
+        terms = tuple(str(v) for v in values)
+        prompt, key = f"{self.prefix}:{body}=", f"{self.name}:{body}"
+        return self._item(fmt, len(values), prompt, steps[-1], key, terms, steps)
+
+    def solve(self, values: tuple[int, ...]) -> tuple[Any, list[str]]:
+        raise TypeError(f"{self.name} problems are (k, values) pairs")
+
+
+@register
 class Sort(_ListTask):
     name = prefix = "sort"
     complexity = "O(N..N^2)"
@@ -262,6 +351,7 @@ class SumProblem(NamedTuple):
 
 class _SumTask(_ListTask):
     answer_kind = "multiset"
+    value_min = 1
     size: int | None  # elements in a solution; None: any non-zero number (subset-sum)
 
     def _values_max(self, length: int) -> int:
@@ -274,6 +364,11 @@ class _SumTask(_ListTask):
             found = self._build(rng, length, hi)
             if found is not None:
                 return found
+        if self.pool is not None:
+            raise ValueError(
+                f"task '{self.name}': no unique-solution list of length {length} from the value "
+                f"pool ({len(self.pool)} values) in 100 tries; the pool is too small"
+            )
         raise RuntimeError(f"{self.name}: no unique-solution list of length {length} found")
 
     def _build(self, rng: random.Random, n: int, hi: int) -> SumProblem | None:
@@ -285,7 +380,7 @@ class _SumTask(_ListTask):
                 size = sum(rng.random() < 0.5 for _ in range(n))
         else:
             size = self.size
-        solution = [rng.randint(1, hi) for _ in range(size)]
+        solution = [self._draw_value(rng, self.value_min, hi) for _ in range(size)]
         target = sum(solution)
         values: list[int] = []
         if self.size is None:
@@ -316,7 +411,7 @@ class _SumTask(_ListTask):
         for _ in range(20 * n):
             if len(values) == n:
                 break
-            x = rng.randint(1, hi)
+            x = self._draw_value(rng, self.value_min, hi)
             if fits(x):
                 add(x)
         if len(values) < n:

@@ -56,7 +56,7 @@ import hashlib
 import random
 import re
 import string
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -151,6 +151,11 @@ class Task:
         """The canonical value of an answer text (already stripped; for scratchpad, the part
         after the last separator) in format `fmt`, or None when it does not parse."""
         raise NotImplementedError
+
+    def with_pool(self, pool: Iterable[int]) -> Task:
+        """A copy drawing its values from `pool` (Scylla's ID/OOD value split); only the list
+        tasks (lengthwise.tasks.lists) have value pools, every other task raises ValueError."""
+        raise ValueError(f"task '{self.name}' has no value pool (only list tasks do)")
 
     def positions_for(self, prompt: str, completion: str) -> list[int]:
         """``coupled`` position ids of every character of `prompt` + `completion` (one id per
