@@ -85,10 +85,15 @@ def score_items(
     items: list[Item],
     max_new_tokens: int | None = None,
     batch_size: int = 64,
+    stop: str | None = None,
 ) -> TaskScore:
     """Greedy answers to every item, checked by the task (with the task's position ids when
     the items carry them and the model can use them), and the tokens each item cost: its prompt
-    as the model reads it, and its answer re-encoded (the stop token not counted)."""
+    as the model reads it, and its answer re-encoded (the stop token not counted).
+
+    `stop`: the answer ends at the first occurrence of this text (excluded), as an EOS would end
+    it. Few-shot prompts in plain text need it: a model that learned the pattern goes on with
+    the separator and the next problem (lm-eval-harness's ``until``)."""
     budget = max_new_tokens or answer_budget(lm, items)
     prompts = [it.prompt for it in items]
     coupled = bool(items) and all(it.positions is not None for it in items)
@@ -98,6 +103,8 @@ def score_items(
         )
     else:
         outputs = lm.greedy(prompts, budget, batch_size=batch_size)
+    if stop:
+        outputs = [out.split(stop, 1)[0] for out in outputs]
     score = TaskScore()
     count = hasattr(lm, "encode")  # stand-in models of tests may only `greedy`: no counts
     for item, out in zip(items, outputs, strict=True):

@@ -145,6 +145,12 @@ class FewShot:
             check_chat(lm)
 
     @property
+    def stop(self) -> str | None:
+        """Where an answer ends besides EOS: at the separator of plain-text demonstrations
+        (a chat turn ends with the template's end-of-turn token instead)."""
+        return SEPARATOR if self.shots and not self.chat else None
+
+    @property
     def active(self) -> bool:
         """Whether anything differs from plain zero-shot prompts in the training format."""
         return bool(self.shots or self.fmt or self.chat)

@@ -212,7 +212,7 @@ def length_accuracy(
             todo.append((name, task, m, length, base, items))
     rows = []
     for name, task, m, length, base, items in todo:
-        score = score_items(lm, task, items, batch_size=batch_size)
+        score = score_items(lm, task, items, batch_size=batch_size, stop=few.stop)
         row = {"task": name, "multiple": m, "length": length, "base_length": base}
         rows.append({**row, **score.to_dict()})
     return rows
@@ -370,10 +370,10 @@ def suite_valley(
         used = keys | {d.key for d in demos}
         fresh = list(generate_items(task, tuple(src.lengths), n, fmt, 20_000 + k, exclude=used))
         id_score = score_items(
-            lm, task, with_demos(lm, demos, seen, few.chat), batch_size=batch_size
+            lm, task, with_demos(lm, demos, seen, few.chat), batch_size=batch_size, stop=few.stop
         )
         ood_score = score_items(
-            lm, task, with_demos(lm, demos, fresh, few.chat), batch_size=batch_size
+            lm, task, with_demos(lm, demos, fresh, few.chat), batch_size=batch_size, stop=few.stop
         )
         id_d, ood_d = id_score.to_dict(), ood_score.to_dict()
         cost = {f"id_{c}": id_d[c] for c in id_d if "tokens" in c}
@@ -443,7 +443,8 @@ def suite_memorization(
         demos = demonstrations(task, tuple(src.lengths), few.shots, fmt, few.seed)
         used = trained_keys | {d.key for d in demos}
         fresh = list(generate_items(task, tuple(src.lengths), n, fmt, 30_000 + k, exclude=used))
-        score = score_items(lm, task, with_demos(lm, demos, fresh, few.chat), batch_size=batch_size)
+        prompts = with_demos(lm, demos, fresh, few.chat)
+        score = score_items(lm, task, prompts, batch_size=batch_size, stop=few.stop)
         items.extend(fresh)
         correct.extend(score.per_item)
         d = score.to_dict()
