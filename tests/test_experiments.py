@@ -286,7 +286,7 @@ def test_critical_moves_right():
 def test_every_cli_choice_is_implemented():
     from lengthwise.cli import build_parser
 
-    assert tuple(ex.EXPERIMENTS) == ("E1", "E2", "E3", "E4", "E5")
+    assert tuple(ex.EXPERIMENTS) == ("E1", "E2", "E3", "E4", "E5", "E6")
     assert not hasattr(ex, "NOT_IMPLEMENTED")
     for exp, entry in ex.EXPERIMENTS.items():
         assert entry.id == exp and ex.spec_path(exp).is_file()
@@ -299,6 +299,115 @@ def test_every_cli_choice_is_implemented():
 def test_bad_budget_is_a_user_error(capsys, tmp_path):
     assert main(["experiment", "E5", "--quick", "--budget-minutes", "0", "--out", str(tmp_path)])
     assert "budget" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- E6 pieces
+
+
+def _e6_settings(**kw):
+    s = dict(ex.load_spec(ex.spec_path("E6"), "E6").settings)
+    s.update(problems_per_task=60, n=5, n_memorization=4, **kw)
+    return s
+
+
+def test_e6_documents_hold_every_training_problem_once():
+    from lengthwise.experiments.e6_icl import training_documents, training_problems
+
+    s = _e6_settings(max_problems=8)
+    problems = training_problems(s)
+    assert len(problems) == 3 * 60 and {p.task for p in problems} == set(s["tasks"])
+    assert all(p.fmt == "direct" and 2 <= p.length <= 4 for p in problems)
+    docs = training_documents(problems, s)
+    lines = [line for d in docs for line in d.split("\n")]
+    assert sorted(lines) == sorted(p.prompt + p.completion for p in problems)
+    sizes = [len(d.split("\n")) for d in docs]
+    assert max(sizes) <= 8 and min(sizes) >= 1 and len(set(sizes)) > 2
+    assert training_documents(problems, s) == docs  # seeded
+
+
+def test_e6_every_row_gets_the_same_fresh_problems():
+    from lengthwise.experiments.e6_icl import test_problems, training_problems
+    from lengthwise.tasks import is_heldout
+
+    s = _e6_settings()
+    trained = {p.key for p in training_problems(s)}
+    demos, items, memo = test_problems(s, trained)
+    for name in s["tasks"]:
+        shown = {d.key for d in demos[(name, "direct")]}
+        assert [d.key for d in demos[(name, "scratchpad")]] == [
+            d.key for d in demos[(name, "direct")]
+        ]
+        assert len(shown) == 8 and demos[(name, "direct")][0].length == 4
+        for m in (1.0, 2.0, 4.0):
+            direct, scratch = items[(name, "direct", m)], items[(name, "scratchpad", m)]
+            assert [i.key for i in direct] == [i.key for i in scratch] and len(direct) == 5
+            assert {i.length for i in direct} == {round(4 * m)}
+            assert not {i.key for i in direct} & (trained | shown)
+        seen, unseen = memo[name]["seen"], memo[name]["unseen"]
+        assert not any(is_heldout(t) for i in seen for t in i.terms)
+        assert all(any(is_heldout(t) for t in i.terms) for i in unseen)
+
+
+def test_e6_training_flops_sum_the_logged_sequence_lengths(tmp_path):
+    from lengthwise.experiments.e6_icl import training_flops
+
+    records = [{"event": "train", "seq_lens": [8, 16]}, {"event": "eval"}]
+    records.append({"event": "train", "seq_lens": [32]})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    class Model:
+        def flops_per_token(self, L):
+            return 100.0 + L
+
+    # 3 logged steps of 10 tokens each, a 4th (after the last record) at their mean
+    logged = (108 + 116 + 132) * 10
+    assert training_flops(tmp_path, Model(), 4, 10) == pytest.approx(logged * 4 / 3)
+
+
+def _row(name, kind, acc, fmt="direct", shots=None, flops=0.0, tokens=10.0, memo=None):
+    strategy = "decomposition + grow_p2" if "curriculum" in name else "concat_chunk"
+    return {
+        "name": name,
+        "kind": kind,
+        "strategy": strategy if kind == "trained" else f"{shots}-shot",
+        "format": fmt,
+        "shots": shots,
+        "training_flops": flops,
+        "tokens_per_answer": tokens,
+        "acc": {"addition": dict(zip(["1x", "2x", "4x"], acc, strict=True))},
+        "memorization": memo or {},
+    }
+
+
+def test_e6_claims_follow_their_rules():
+    from lengthwise.experiments.e6_icl import claims
+
+    def trained_memo(seen, unseen):
+        return {"seen": {"acc": seen}, "unseen": {"acc": unseen}, "gap": seen - unseen}
+
+    icl_memo = {"shared_n": 12, "none_n": 30, "gap": 0.05}
+    rows = [
+        _row(
+            "fixed", "trained", [0.9, 0.3, 0.0], flops=2e12, tokens=20, memo=trained_memo(0.9, 0.7)
+        ),
+        _row("curriculum", "trained", [0.8, 0.7, 0.7], flops=1e12, memo=trained_memo(0.8, 0.78)),
+        _row("icl_4_s", "icl", [0.5, 0.3, 0.1], "scratchpad", 4, tokens=400, memo=icl_memo),
+    ]
+    got = {c["claim"].split(" (")[0]: c["verdict"] for c in claims(rows, [1, 2, 4])}
+    assert got == {
+        "fixed length fails beyond the training length": "supported",  # 0.3 < 0.45
+        "fixed length costs more than the curriculum": "supported",  # 2x the FLOPs
+        "fixed length memorizes more than the curriculum": "supported",  # 0.2 > 0.02 + 0.05
+        "the curriculum is strong up to 4x": "supported",  # 0.7 >= 0.64
+        "ICL with a scratchpad generalizes very strongly": "not supported",  # 0.1 < 0.4
+        "ICL has a very low memorization risk": "supported",  # |0.05| <= 0.1
+        "ICL is inference-heavy": "supported",  # 400 / 20 tokens
+    }
+    rows[0]["acc"]["addition"]["1x"] = 0.1  # nothing to lose: not testable, never "supported"
+    icl_memo["shared_n"] = 3  # too few problems share a value with the demonstrations
+    got = {c["claim"].split(" (")[0]: c["verdict"] for c in claims(rows, [1, 2, 4])}
+    assert got["fixed length fails beyond the training length"].startswith("not testable")
+    assert got["ICL has a very low memorization risk"].startswith("not testable")
 
 
 # ---------------------------------------------------------------------- quick runs (slow)

@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from lengthwise.experiments.registry import EXPERIMENTS  # (a light import: no torch)
 
-    p = sub.add_parser("experiment", help="run a packaged experiment (E1-E5) end to end")
+    p = sub.add_parser("experiment", help="run a packaged experiment (E1-E6) end to end")
     p.add_argument("experiment", choices=tuple(EXPERIMENTS), help="which experiment")
     p.add_argument("--quick", action="store_true", help="tiny smoke-test variant (< 2 minutes)")
     p.add_argument(

@@ -13,6 +13,7 @@ from lengthwise.experiments.e2_length import run_e2
 from lengthwise.experiments.e3_overtraining import run_e3
 from lengthwise.experiments.e4_valley import run_e4
 from lengthwise.experiments.e5_memorization import run_e5
+from lengthwise.experiments.e6_icl import run_e6
 from lengthwise.experiments.runner import Runner, command_line, run
 from lengthwise.experiments.spec import experiments_dir, load_spec
 
@@ -36,6 +37,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         Experiment("E3", "e3_overtraining.yaml", run_e3),
         Experiment("E4", "e4_valley.yaml", run_e4),
         Experiment("E5", "e5_memorization.yaml", run_e5),
+        Experiment("E6", "e6_icl.yaml", run_e6),
     )
 }
 
