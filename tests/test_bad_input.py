@@ -321,6 +321,16 @@ CASES = {
         ["experiment", "E5", "--spec", "{spec_threads}", "--out", "{tmp}/exp"],
         "threads: expected an integer >= 0, got -1",
     ),
+    "E6 format a task lacks": Case(
+        ["experiment", "E6", "--spec", "{spec_e6_format}", "--out", "{tmp}/exp"],
+        "settings.icl: task sort has no format 'scratchpad'",
+        ("{tmp}/exp/E6/runs", "{tmp}/exp/E6/train_docs.jsonl"),
+    ),
+    "E6 pretrained not found": Case(
+        ["experiment", "E6", "--spec", "{spec_e6_model}", "--out", "{tmp}/exp"],
+        "settings.pretrained: {root}/nope is neither a known model (smollm2-135m) nor a folder",
+        ("{tmp}/exp/E6/runs", "{tmp}/exp/E6/train_docs.jsonl"),
+    ),
 }
 if not CUDA:
     CASES["eval cuda without a GPU"] = Case(
@@ -361,6 +371,11 @@ train: {{out_dir: run_new, total_tokens: 256, progress: false, loggers: []}}
     spec = "experiment: E5\nbase: {cfg}\ngrid: [{{name: a}}]\n"
     (root / "abc.yaml").write_text(spec.format(cfg=cfg) + "budget_minutes: abc\n")
     (root / "threads.yaml").write_text(spec.format(cfg=cfg) + "threads: -1\n")
+    e6 = "experiment: E6\nbase: {cfg}\ngrid: [{{name: a}}]\nsettings: {settings}\n"
+    icl = "{tasks: [min, sort], icl: [{shots: 1, format: scratchpad}]}"
+    (root / "e6_format.yaml").write_text(e6.format(cfg=cfg, settings=icl))
+    model = f"{{tasks: [min], pretrained: '{root / 'nope'}'}}"
+    (root / "e6_model.yaml").write_text(e6.format(cfg=cfg, settings=model))
     return {
         "root": root,
         "cfg": cfg,
@@ -369,6 +384,8 @@ train: {{out_dir: run_new, total_tokens: 256, progress: false, loggers: []}}
         "file": root / "notes.txt",
         "spec_abc": root / "abc.yaml",
         "spec_threads": root / "threads.yaml",
+        "spec_e6_format": root / "e6_format.yaml",
+        "spec_e6_model": root / "e6_model.yaml",
     }
 
 

@@ -33,6 +33,7 @@ from lengthwise.experiments.runner import Context, cell, md_table, plotting, tra
 from lengthwise.io import atomic_write_text
 
 FORMATS = ("direct", "scratchpad")
+MAX_SHOTS = 8  # one anchored set of demonstrations per task and format; K-shot uses its first K
 MIN_SIDE = 10  # problems on each side of a memorization comparison before it says anything
 
 
@@ -86,7 +87,7 @@ def test_problems(
     from lengthwise.tasks import generate_items, get_task
 
     lo, hi = _lengths(s)
-    n, kmax = int(s.get("n", 20)), max(int(k) for k in s.get("shots", [0, 1, 4, 8]))
+    n, kmax = int(s.get("n", 20)), MAX_SHOTS
     demos, items, memo = {}, {}, {}
     for k, name in enumerate(s["tasks"]):
         task = get_task(name)
@@ -318,8 +319,40 @@ def icl_valley(lm: Any, s: dict[str, Any], out: Path, log) -> dict[str, Any]:
 # ---------------------------------------------------------------------- the experiment
 
 
+def check_settings(s: dict[str, Any], where: str) -> None:
+    """Every setting the rows use, before any training: one line naming the key."""
+    from lengthwise.eval.pretrained import MODELS
+    from lengthwise.tasks import get_task, task_names
+
+    known = set(task_names())
+    for name in s.get("tasks") or []:
+        if name not in known:
+            raise UserError(f"{where}: settings.tasks: unknown task {name!r}")
+    if not s.get("tasks"):
+        raise UserError(f"{where}: settings.tasks: name at least one task")
+    lo, hi = _lengths(s)
+    if not 1 <= lo <= hi:
+        raise UserError(f"{where}: settings.lengths: expected [lo, hi] with 1 <= lo <= hi")
+    for spec in s.get("icl") or []:
+        k, fmt = spec.get("shots"), spec.get("format")
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_SHOTS:
+            raise UserError(
+                f"{where}: settings.icl: shots must be an int in 0..{MAX_SHOTS}, got {k!r}"
+            )
+        for name in s["tasks"]:
+            if fmt not in get_task(name).formats or fmt not in FORMATS:
+                raise UserError(f"{where}: settings.icl: task {name} has no format {fmt!r}")
+    target = str(s.get("pretrained", "smollm2-135m"))
+    if target not in MODELS and not Path(target).is_dir():
+        raise UserError(
+            f"{where}: settings.pretrained: {target} is neither a known model "
+            f"({', '.join(MODELS)}) nor a folder"
+        )
+
+
 def run_e6(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
     s = ctx.spec.settings
+    check_settings(s, str(ctx.spec.path))
     trained = training_problems(s)
     write_documents(training_documents(trained, s), ctx.exp_dir / "train_docs.jsonl")
     demos, items, memo = test_problems(s, {it.key for it in trained})
