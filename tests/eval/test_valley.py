@@ -82,9 +82,10 @@ def test_ties_go_to_the_lowest_level():
     # 0.3 - 0.1 and 0.5 - 0.3 differ in floating point; still a tie
     rows = [row("a", "O(N)", 1, 30, 100, 10, 100), row("b", "O(N^2)", 2, 50, 100, 30, 100)]
     assert valley_table(rows, critical_by="abs_gap")["critical"]["level"] == 1
-    # all gaps zero: every level ties, the lowest wins
+    # all gaps zero: no level leans on what it has seen, so no critical level (it used to be
+    # the lowest of the tied zeros, which named a valley where there is none)
     rows = [row("a", "O(N)", 1, 10, 10, 10, 10), row("b", "O(N^2)", 2, 5, 10, 5, 10)]
-    assert valley_table(rows)["critical"]["level"] == 1
+    assert valley_table(rows)["critical"] is None
 
 
 def test_unparseable_counts_as_wrong():
@@ -101,7 +102,12 @@ def test_dataclass_rows_and_no_critical_when_undefined():
     rows = [ValleyRow("a", "O(N)", 1, 0, 10, 0, 10), ValleyRow("b", "O(N^2)", 2, 0, 10, 0, 10)]
     table = valley_table(rows)
     assert table["critical"] is None  # rel gap undefined everywhere
-    assert valley_table(rows, critical_by="abs_gap")["critical"]["level"] == 1
+    # every gap 0: no valley, not the first of equal zeros
+    assert valley_table(rows, critical_by="abs_gap")["critical"] is None
+    flat = [ValleyRow("a", "O(N)", 1, 3, 10, 5, 10), ValleyRow("b", "O(N^2)", 2, 1, 10, 1, 10)]
+    assert (
+        valley_table(flat)["critical"] is None and valley_table(flat)["levels"][0]["abs_gap"] == 0
+    )
     assert "none" in format_valley(table)
 
 

@@ -19,6 +19,7 @@ sampling settings (temperature 0.9, top_p 0.95, top_k 60) without its repetition
 
 from __future__ import annotations
 
+import random
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -147,6 +148,7 @@ def pooled_valley(
         try:
             for side in ("id", "ood"):
                 task = base.with_pool(pools[side])
+                task.sample(random.Random(0), lengths[1])  # a pool with nothing in range: say so
                 demos = demonstrations(task, lengths, shots, fmt, seed + k)
                 used = {d.key for d in demos}
                 items = list(generate_items(task, lengths, n, fmt, 50_000 + k, exclude=used))

@@ -34,7 +34,8 @@ has no code that picks the critical level (that happens in the paper's figures, 
 could not check here); we use the relative gap because it measures the share of ID accuracy lost
 on fresh items, i.e. reliance on non-generalizable behaviour, independent of how hard a level is
 overall. Pass ``critical_by="abs_gap"`` to decide by the absolute gap. Levels whose deciding gap
-is undefined are skipped; ties (within 1e-12) go to the lowest level.
+is undefined are skipped; ties (within 1e-12) go to the lowest level; when every gap is 0 (no
+level answers seen problems better than fresh ones) there is no critical level.
 """
 
 from __future__ import annotations
@@ -160,7 +161,9 @@ def _sum_optional(values: list[int | None]) -> int | None:
 
 def critical_level(levels: list[dict[str, Any]], by: str = "rel_gap") -> dict[str, Any] | None:
     """The level entry with the largest ``by`` gap (ties within 1e-12: the lowest level);
-    levels where that gap is undefined are skipped; ``None`` when no level qualifies."""
+    levels where that gap is undefined are skipped; ``None`` when no level qualifies, or when no
+    level answers seen problems better than fresh ones (every gap 0: there is no valley, and an
+    argmax over zeros would name the first level)."""
     if by not in GAP_KEYS:
         raise ValueError(f"critical_by must be one of {GAP_KEYS}, got {by!r}")
     best: dict[str, Any] | None = None
@@ -168,7 +171,7 @@ def critical_level(levels: list[dict[str, Any]], by: str = "rel_gap") -> dict[st
         g = lv[by]
         if g is not None and (best is None or g > best[by] + _TIE_TOL):
             best = lv
-    if best is None:
+    if best is None or best[by] <= _TIE_TOL:
         return None
     keys = ("level", "complexity", "id_acc", "ood_acc", "signed_gap", "abs_gap", "rel_gap")
     return {"by": by, **{k: best[k] for k in keys}}

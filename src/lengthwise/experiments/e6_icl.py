@@ -408,9 +408,9 @@ def claims(rows: list[dict[str, Any]], multiples: list[float]) -> list[dict[str,
     if fixed and curr:
         r = _ratio(fixed["training_flops"], curr["training_flops"])
         add(
-            "fixed length costs more than the curriculum (training FLOPs, equal tokens)",
+            "fixed length costs more than the curriculum (training FLOPs at equal tokens >= 1.1x)",
             f"{cell(r, '.3f')}x the curriculum's FLOPs",
-            "supported" if r and r > 1.0 else "not supported",
+            "supported" if r and r >= 1.1 else "not supported (less than 1.1x)",
         )
         gf, gc = fixed["memorization"]["gap"], curr["memorization"]["gap"]
         seen = [r["memorization"]["seen"]["acc"] or 0.0 for r in (fixed, curr)]
