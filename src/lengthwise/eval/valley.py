@@ -261,6 +261,6 @@ def format_valley(table: Mapping[str, Any]) -> str:
             f"= {crit[by]:.3f})"
         )
     else:
-        lines.append(f"critical complexity: none (no level with a defined {by})")
+        lines.append(f"critical complexity: none (no level with a {by} above 0)")
     lines.append("accuracy counts every item; unparseable answers are wrong")
     return "\n".join(lines)
