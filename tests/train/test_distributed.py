@@ -189,7 +189,9 @@ def test_fsdp2_task_eval_shards_are_topped_up_and_not_counted(make_cfg, monkeypa
     model = Trainer(cfg, quiet=True).model_plain
     seen = {}
 
-    def oracle(lm, task, items, budget, batch_size):  # every answer right: counts are visible
+    def oracle(
+        lm, task, items, budget, batch_size, stop=None
+    ):  # every answer right: counts are visible
         seen["items"], seen["stop_early"] = list(items), lm.stop_early
         return score_items(_Oracle(items), task, items, budget, batch_size)
 

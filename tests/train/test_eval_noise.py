@@ -42,7 +42,9 @@ def test_evaluator_noise_per_metric(make_cfg, monkeypatch):
     monkeypatch.setattr(
         ev,
         "score_items",
-        lambda lm, task, items, budget, bs: score_items(_Half(items), task, items, budget),
+        lambda lm, task, items, budget, bs, stop=None: score_items(
+            _Half(items), task, items, budget
+        ),
     )
     tok = load_tokenizer(cfg.data.out_dir / "tokenizer.json")
     evaluator = ev.Evaluator(cfg, tok, torch.device("cpu"))
