@@ -326,12 +326,12 @@ def test_e6_documents_hold_every_training_problem_once():
 
 
 def test_e6_every_row_gets_the_same_fresh_problems():
-    from lengthwise.experiments.e6_icl import test_problems, training_problems
+    from lengthwise.experiments.e6_icl import eval_problems, training_problems
     from lengthwise.tasks import is_heldout
 
     s = _e6_settings()
     trained = {p.key for p in training_problems(s)}
-    demos, items, memo = test_problems(s, trained)
+    demos, items, memo = eval_problems(s, trained)
     for name in s["tasks"]:
         shown = {d.key for d in demos[(name, "direct")]}
         assert [d.key for d in demos[(name, "scratchpad")]] == [

@@ -79,7 +79,7 @@ def write_documents(docs: list[str], path: Path) -> None:
     atomic_write_text(path, text)
 
 
-def test_problems(
+def eval_problems(
     s: dict[str, Any], trained: set[str]
 ) -> tuple[dict[str, list[Any]], dict[tuple[str, str, float], list[Any]], dict[str, dict]]:
     """(demonstrations per task (8, anchored, direct and scratchpad by format), test items per
@@ -329,7 +329,7 @@ def run_e6(ctx: Context) -> tuple[dict[str, Any], str, list[Path]]:
     check_settings(s, str(ctx.spec.path))
     trained = training_problems(s)
     write_documents(training_documents(trained, s), ctx.exp_dir / "train_docs.jsonl")
-    demos, items, memo = test_problems(s, {it.key for it in trained})
+    demos, items, memo = eval_problems(s, {it.key for it in trained})
     rows, run_dirs = [], []
     for point in ctx.spec.points:
         row, run_dir = trained_row(ctx, point, items, memo)
