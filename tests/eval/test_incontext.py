@@ -82,7 +82,7 @@ class SmallNumbersOnly:
 def test_pooled_valley_counts_and_demonstrations_come_from_each_side():
     lm = SmallNumbersOnly()
     pools = {"id": list(range(9)), "ood": list(range(9, 100))}
-    rows, skipped = pooled_valley(lm, ["min", "max"], (4, 6), pools, 2, "direct", 10, False)
+    rows, skipped = pooled_valley(lm, ["min", "max"], (4, 6), pools, FewShot(shots=2), 10)
     assert skipped == {}
     assert [(r["task"], r["id_correct"], r["id_total"], r["ood_correct"]) for r in rows] == [
         ("min", 10, 10, 0),
@@ -97,7 +97,7 @@ def test_pooled_valley_counts_and_demonstrations_come_from_each_side():
         values = {int(v) for line in lines for v in line.split(":")[1].split("=")[0].split(",")}
         assert values <= set(range(9)) or values <= set(range(9, 100))
     # a pool with nothing to draw from: the task is skipped with the reason
-    rows, skipped = pooled_valley(lm, ["min"], (4, 6), {"id": [], "ood": [1]}, 1, "direct", 2, 0)
+    rows, skipped = pooled_valley(lm, ["min"], (4, 6), {"id": [], "ood": [1]}, FewShot(1), 2)
     assert rows == [] and "value pool" in skipped["min"]
 
 

@@ -35,7 +35,7 @@ from lengthwise.data.store import TokenStore
 from lengthwise.data.tokenizer import Tokenizer
 from lengthwise.errors import UserError
 from lengthwise.eval.accuracy import answer_budget, positions_needed, score_items
-from lengthwise.eval.fewshot import SEPARATOR, demonstrations, with_demos
+from lengthwise.eval.fewshot import FewShot, demonstrations, with_demos
 from lengthwise.eval.lengthwise_lm import LengthwiseLM
 from lengthwise.eval.loss import evaluate_loss
 from lengthwise.tasks import Item, Task, generate_items, get_task
@@ -202,7 +202,7 @@ class Evaluator:
         lm = LengthwiseLM(model, self.tokenizer, device=self.device, stop_early=not lockstep)
         budget = s.max_new_tokens or answer_budget(lm, items)  # from all items: same on every rank
         with self.autocast() if self.autocast else torch.autocast(self.device.type, enabled=False):
-            stop = SEPARATOR if s.shots else None  # plain-text demonstrations (fewshot.FewShot)
+            stop = FewShot(shots=s.shots).stop  # plain-text demonstrations end at the separator
             score = score_items(lm, task, mine, budget, self.cfg.eval.batch_size, stop=stop)
         for item, out in zip(mine[real:], score.outputs[real:], strict=True):  # the top-ups
             parsed, correct = task.check(item, out)

@@ -27,7 +27,7 @@ from typing import Any
 
 from lengthwise.errors import UserError
 from lengthwise.eval.accuracy import score_items
-from lengthwise.eval.fewshot import SEPARATOR, demonstrations, with_demos
+from lengthwise.eval.fewshot import FewShot, demonstrations, with_demos
 from lengthwise.tasks import Item, Task, generate_items, get_task
 
 PROBE_PROMPT = (
@@ -129,19 +129,16 @@ def pooled_valley(
     task_names: list[str],
     lengths: tuple[int, int],
     pools: dict[str, list[int]],
-    shots: int,
-    fmt: str,
+    few: FewShot,
     n: int,
-    chat: bool,
-    seed: int = 0,
     batch_size: int = 32,
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Per ladder task: K-shot accuracy on `n` problems drawn from the ID pool (demonstrations
-    from the ID pool too) and on `n` from the OOD pool, as rows for
-    lengthwise.eval.valley.valley_table, with the tokens each side cost. Tasks whose pool is too
-    small to draw from are skipped: {task: reason}."""
+    """Per ladder task: `few.shots`-shot accuracy on `n` problems drawn from the ID pool
+    (demonstrations from the ID pool too) and on `n` from the OOD pool, in `few`'s format
+    (default direct), as rows for lengthwise.eval.valley.valley_table, with the tokens each side
+    cost. Tasks whose pool is too small to draw from are skipped: {task: reason}."""
     rows, skipped = [], {}
-    stop = None if chat else SEPARATOR
+    fmt, seed = few.format_for("direct"), few.seed
     for k, name in enumerate(task_names):
         base = get_task(name)
         sides = {}
@@ -149,16 +146,16 @@ def pooled_valley(
             for side in ("id", "ood"):
                 task = base.with_pool(pools[side])
                 task.sample(random.Random(0), lengths[1])  # a pool with nothing in range: say so
-                demos = demonstrations(task, lengths, shots, fmt, seed + k)
+                demos = demonstrations(task, lengths, few.shots, fmt, seed + k)
                 used = {d.key for d in demos}
                 items = list(generate_items(task, lengths, n, fmt, 50_000 + k, exclude=used))
-                sides[side] = (task, with_demos(lm, demos, items, chat))
+                sides[side] = (task, with_demos(lm, demos, items, few.chat))
         except (ValueError, RuntimeError, UserError) as e:
             skipped[name] = str(e).splitlines()[0]
             continue
         row: dict[str, Any] = {"task": name, "complexity": base.complexity, "level": base.level}
         for side, (task, items) in sides.items():
-            score = score_items(lm, task, items, batch_size=batch_size, stop=stop)
+            score = score_items(lm, task, items, batch_size=batch_size, stop=few.stop)
             d = score.to_dict()
             row[f"{side}_correct"], row[f"{side}_total"] = score.correct, score.total
             row[f"{side}_parsed"] = score.parsed

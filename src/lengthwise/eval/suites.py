@@ -430,9 +430,7 @@ def suite_valley_probe(
     probe = probe_values(lm, generations, probe_tokens, few.seed, few.chat)
     id_pool, ood_pool = value_pools(probe["counts"], value_max)
     pools = {"id": id_pool, "ood": ood_pool}
-    rows, skipped = pooled_valley(
-        lm, tasks, lengths, pools, few.shots, fmt, n, few.chat, few.seed, batch_size
-    )
+    rows, skipped = pooled_valley(lm, tasks, lengths, pools, few, n, batch_size)
     table = valley_table(rows) if rows else {"levels": [], "critical": None}
     result = {
         "model": lm.name,

@@ -199,7 +199,7 @@ def trained_row(ctx: Context, point: Any, items: dict, memo: dict) -> tuple[dict
 
 def icl_rows(lm: Any, s: dict[str, Any], demos: dict, items: dict, log) -> list[dict]:
     """One row per (shots, format) of settings.icl."""
-    from lengthwise.eval.fewshot import SEPARATOR, with_demos
+    from lengthwise.eval.fewshot import FewShot, with_demos
     from lengthwise.eval.incontext import demo_overlap, overlap_split
 
     chat = bool(s.get("chat_template", True))
@@ -211,8 +211,7 @@ def icl_rows(lm: Any, s: dict[str, Any], demos: dict, items: dict, log) -> list[
         def prompts(name: str, its: list[Any], k: int = k, fmt: str = fmt) -> list[Any]:
             return with_demos(lm, demos[(name, fmt)][:k], its, chat)
 
-        stop = SEPARATOR if k and not chat else None
-        cells, tokens, scores = _cells(lm, s, items, fmt, prompts, stop)
+        cells, tokens, scores = _cells(lm, s, items, fmt, prompts, FewShot(k, fmt, chat).stop)
         memo: dict[str, Any] = {"measure": "none applies: no demonstrations"}
         if k:
             overlap, correct = [], []
