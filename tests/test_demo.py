@@ -32,6 +32,8 @@ def text_store() -> None:
     prepare(demo.demo_config(ROOT, demo.TEXT_CONFIG, []).data, progress=False)
 
 
+@pytest.mark.slow  # 27-44 s on a fresh 2-core clone; its pieces (plan, pause, recalibrate,
+# resume, budgets) have fast tests below, and `make demo` runs the whole job
 def test_quick_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     # a previous demo's run (with a checkpoint, which the trainer would refuse to start on) and
