@@ -112,6 +112,8 @@ GPT2_LIKE = ["model.position=learned", "model.mlp=gelu", "model.bias=true"]
 FULL = {"budget": 524_288, "repeats": 3, "snapshots": 8, "eval_tokens": 65_536, "time_limit": 600}
 PASSED = ("config", "threads", "max_len", "tokens_per_step", "d_model", "n_layer", "n_head")
 PASSED += ("budget", "snapshots", "eval_tokens", "time_limit", "val_split")  # parent -> child
+PASSED += ("position_loss",)
+POSITION_DOCS = 8  # the longest held-out documents scored per position
 QUICK = {
     **{"max_len": 256, "tokens_per_step": 2048, "d_model": 64, "n_layer": 2, "n_head": 2},
     **{"budget": 32_768, "repeats": 2, "snapshots": 4, "eval_tokens": 8192, "time_limit": 60},
@@ -267,6 +269,31 @@ def val_loss(
         loss_sum += float(loss)
         count += int((y != IGNORE_INDEX).sum())
     return loss_sum / max(count, 1)
+
+
+@torch.no_grad()
+def position_loss(
+    logits_of: Any, tokens: np.ndarray, offsets: np.ndarray, n_tokens: int, n_docs: int
+) -> dict[str, Any]:
+    """Mean next-token loss at each position 0..n_tokens-2 over the `n_docs` longest held-out
+    documents, each read from its start in one forward (positions past the training length are
+    the point: does the model use, or break on, context it never trained on?). `docs_at`: how
+    many documents reach each position (the longest documents are few: the mean gets noisier
+    to the right)."""
+    lengths = np.diff(offsets)
+    order = np.argsort(-lengths, kind="stable")[:n_docs]
+    sums, counts = np.zeros(n_tokens - 1), np.zeros(n_tokens - 1, dtype=np.int64)
+    for d in order:
+        piece = np.asarray(tokens[offsets[d] : offsets[d] + min(lengths[d], n_tokens)])
+        if len(piece) < 2:
+            continue
+        x = torch.from_numpy(piece.astype(np.int64))
+        logits = logits_of(x[None, :-1])[0].float()
+        losses = F.cross_entropy(logits, x[1:], reduction="none").numpy()
+        sums[: len(losses)] += losses
+        counts[: len(losses)] += 1
+    seen = counts > 0
+    return {"loss": (sums[seen] / counts[seen]).tolist(), "docs_at": counts[seen].tolist()}
 
 
 # ----------------------------------------------------------------------------------- ours
@@ -626,6 +653,11 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
                 args.eval_tokens,
                 val.meta["tokenizer"]["pad_id"],
             )
+        positions = None
+        if args.position_loss:  # the final weights: the last snapshot loaded
+            n = round(args.position_loss * cfg.batching.max_len) + 1
+            positions = position_loss(logits_of, val.tokens, val.offsets, n, POSITION_DOCS)
+            positions["max_len"] = cfg.batching.max_len
     return {
         "name": name,
         "seed": seed,
@@ -639,6 +671,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_mb": rec.peak_rss_mb,
         "setup_rss_mb": rec.setup_rss_mb,
         "curve": rec.points,
+        "position_loss": positions,
     }
 
 
@@ -663,6 +696,13 @@ def run_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--time-limit", type=float, help="training seconds per run at most (0: none)")
     ap.add_argument("--val-split", default="val")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--position-loss",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="score the final weights per position out to M x max_len (0: off)",
+    )
     ap.add_argument("--model-overrides", nargs="*", default=[], help=argparse.SUPPRESS)
 
 

@@ -86,3 +86,31 @@ def test_json_rows(tmp_path):
     assert rows[0]["ratio_seconds"] == 1.0 and rows[0]["seeds_reached"] == 1
     for r in rows:
         assert math.isfinite(r["final_val_loss"]) and r["real_tokens_per_s"] > 0
+
+
+def test_drop_share_time_and_length_split():
+    # drop 9 -> 6; 90% of it is reached at 6.3, 70% of the way from the 10 s to the 20 s snapshot
+    assert time_to_loss.drop_share_time(CURVE) == pytest.approx(17.0 / 20.0)
+    assert time_to_loss.length_split({"loss": [1.0, 2.0, 3.0, 5.0], "max_len": 2}) == (1.5, 4.0)
+    assert time_to_loss.length_split({"loss": [1.0, 2.0], "max_len": 2}) is None
+    assert time_to_loss.length_split(None) is None
+
+
+def test_position_loss_averages_over_the_documents_that_reach_each_position():
+    import numpy as np
+    import peers
+    import torch
+
+    V = 7
+    tokens = np.arange(18) % V  # documents of 5, 3 and 10 tokens; each next token is x + 1
+    offsets = np.array([0, 5, 8, 18])
+
+    def logits_of(x):  # sure of the right next token at positions 0-2, uniform after
+        logits = torch.zeros(1, x.shape[1], V)
+        logits[0, torch.arange(3), (x[0, :3] + 1) % V] = 50.0
+        return logits
+
+    out = peers.position_loss(logits_of, tokens, offsets, 7, 2)
+    # the two longest documents (10 and 5 tokens), cut at 7 tokens: 6 and 4 predictions
+    assert out["docs_at"] == [2, 2, 2, 2, 1, 1]
+    assert out["loss"] == pytest.approx([0.0] * 3 + [math.log(V)] * 3, abs=1e-6)
