@@ -9,9 +9,9 @@
 #   3. a ~2-minute throughput benchmark of all five strategies at max length 8192 on CUDA
 #      (bf16 autocast, peak memory from torch.cuda.max_memory_allocated), one table.
 # The borrowed GPU machine has torch but not pydantic and reaches no registry: run
-# `bash scripts/gpu_wheels.sh` (make gpu-wheels) here first and carry the ignored folder
-# wheels/gpu with the working tree; when `import pydantic` fails, this installs those wheels into a
-# temporary folder put first on PYTHONPATH (removed on exit).
+# `bash scripts/gpu_wheels.sh` (make gpu-wheels) here first, and name wheels/gpu in the device
+# run's carry (it is git-ignored, so it does not travel otherwise). When `import pydantic` fails,
+# this installs those wheels into a temporary folder put first on PYTHONPATH (removed on exit).
 # Usage: bash scripts/gpu_check.sh [--deps-only]  (--deps-only: pick the interpreter and make
 # pydantic importable, nothing else; no GPU needed). PYTHON=... chooses the interpreter; default:
 # the first python3 on PATH whose torch sees a GPU, never the repo's CPU-only .venv.
