@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean gpu-wheels
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/data_pipeline.py
+
+# wheels/gpu: what the borrowed GPU machine lacks (it reaches no registry); carry it there
+gpu-wheels:
+	bash scripts/gpu_wheels.sh
 
 clean:
 	rm -rf data/demo_text data/demo_task runs

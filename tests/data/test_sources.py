@@ -153,9 +153,14 @@ def test_max_docs_stops_before_reading_further(tmp_path):
 # --- parquet -----------------------------------------------------------------------------------
 
 
+def _pyarrow():
+    """(pyarrow, pyarrow.parquet), or the test skips: the datasets extra brings pyarrow."""
+    reason = "parquet sources need pyarrow (the datasets extra)"
+    return pytest.importorskip("pyarrow", reason=reason), pytest.importorskip("pyarrow.parquet")
+
+
 def test_parquet_streams_rows_and_counts_nulls_as_empty(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa, pq = _pyarrow()
 
     table = pa.table({"text": ["alpha", None, "gamma", "  "], "n": [1, 2, 3, 4]})
     pq.write_table(table, tmp_path / "b.parquet")
@@ -170,8 +175,7 @@ def test_parquet_streams_rows_and_counts_nulls_as_empty(tmp_path):
 
 
 def test_parquet_missing_column_and_unreadable_file(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa, pq = _pyarrow()
 
     f = tmp_path / "x.parquet"
     pq.write_table(pa.table({"body": ["a"], "id": [1]}), f)
@@ -228,6 +232,7 @@ def test_hf_disk_dataset_dict_split_selection_and_errors(hf_dirs):
 
 
 def test_hf_disk_folder_that_is_not_a_dataset(tmp_path):
+    pytest.importorskip("datasets", reason="hf_disk sources need the datasets extra")
     _write(tmp_path / "state.json", "{}")
     msg = _error(_cfg("hf_disk", tmp_path))
     assert msg == f"{tmp_path}: not a folder written by datasets' save_to_disk"

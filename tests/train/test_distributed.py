@@ -5,6 +5,7 @@ pays ~3 s of start-up on a 2-core CPU), in turn in the same process group; the o
 references run in the test's own process. Only the resume from a distributed checkpoint is a
 second launch: new processes reading the DCP shards back is what it proves."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -50,6 +51,10 @@ def _jobs(root: Path) -> dict[str, tuple[tuple[str, ...], str, int | None]]:
     )
     best_fit = ("batching.strategy=best_fit", "batching.curriculum.name=none")
     hf = ("model=" + json.dumps(HF_LLAMA), "train.total_tokens=2560", *best_fit)
+    hf_jobs = {  # without transformers its test skips, and the launch must not run them
+        "hf-ddp": ((*hf, "distributed.fsdp=false"), "train", None),
+        "hf-fsdp2": ((*hf, "distributed.fsdp=true"), "train", None),
+    }
     return {
         "grad-decomposition": (("batching.strategy=decomposition",), "grad", None),
         "grad-best_fit": (best_fit, "grad", None),
@@ -57,8 +62,7 @@ def _jobs(root: Path) -> dict[str, tuple[tuple[str, ...], str, int | None]]:
         "train-fsdp2": (("distributed.fsdp=true", "train.total_tokens=5120"), "train", None),
         "half": (("train.total_tokens=5120",), "train", 5),
         "copy-fsdp2": (copy, "train", None),
-        "hf-ddp": ((*hf, "distributed.fsdp=false"), "train", None),
-        "hf-fsdp2": ((*hf, "distributed.fsdp=true"), "train", None),
+        **(hf_jobs if importlib.util.find_spec("transformers") else {}),
     }
 
 
@@ -148,7 +152,7 @@ def test_two_ranks_train_an_hf_model_like_one_process(two_ranks, fsdp):
     """model.kind: hf (a tiny Llama, packed rows) under DDP and FSDP2 (its decoder layers
     sharded one by one): the one-process run's weights and losses; the run's export, gathered
     onto rank 0, is a save_pretrained folder holding the ranks' weights."""
-    transformers = pytest.importorskip("transformers")
+    transformers = pytest.importorskip("transformers", reason="model.kind: hf needs transformers")
     name = "hf-fsdp2" if fsdp else "hf-ddp"
     one = two_ranks.one_process(name)
     two = two_ranks.dump(name)
