@@ -337,12 +337,12 @@ class Worker:
         return [wall, *parts], float(loss.detach()), max(0.0, machine - mine) / wall
 
     def _timed(self, b, profiler: Any = None) -> tuple[list[float], int, bool]:
-        """`_step`, redone (up to `RETRIES` more times, same batch) while other processes took
+        """`_step`, redone (up to `--retries` more times, same batch) while other processes took
         more than `MAX_OTHERS` cores: such a step timed the machine's other users too (this
         2-core machine is shared). Returns the fastest try, the retries, and whether it was
         still contended."""
         best: list[float] | None = None
-        for tries in range(RETRIES + 1):
+        for tries in range(self.args.retries + 1):
             with profiler() if profiler else nullcontext() as prof:
                 secs, self.loss, others = self._step(b)
             if best is None or secs[0] < best[0]:
@@ -350,7 +350,7 @@ class Worker:
             if others <= MAX_OTHERS:
                 return best, tries, False
         assert best is not None
-        return best, RETRIES, True
+        return best, self.args.retries, True
 
     def _chosen(self, repeat: int) -> list[list[int]]:
         """`--steps` seeded-random steps of every shape group, different in every repeat."""
@@ -523,6 +523,7 @@ def worker_cmd(
         "--max-len", str(max_len),
         "--tokens-per-step", str(args.tokens_per_step),
         "--steps", str(args.steps),
+        "--retries", str(args.retries),
         "--repeats", str(args.repeats),
         "--d-model", str(args.d_model),
         "--n-layer", str(args.n_layer),
@@ -821,8 +822,8 @@ def run_parent(args: argparse.Namespace) -> int:
     timed, retried, busy = (sum(r[k] for r in rows) for k in STEP_COUNTS)
     print(
         f"shared machine: {retried} of {timed} timed steps were redone because other processes "
-        f"used > {MAX_OTHERS} cores meanwhile, {busy} still were after {RETRIES} retries; load "
-        f"average {load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end"
+        f"used > {MAX_OTHERS} cores meanwhile, {busy} still were after {args.retries} retries; "
+        f"load average {load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end"
     )
     print(f"wall time {secs:.0f} s")
     return 0
@@ -934,6 +935,7 @@ def main() -> int:
         metavar="F.json",
         help="re-plot rows saved by --json/--plot (needs --plot); runs nothing",
     )
+    ap.add_argument("--retries", type=int, help=f"redos of a contended step (default {RETRIES})")
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--n-head", type=int, default=4)
@@ -966,9 +968,15 @@ def main() -> int:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.strategies is None:  # --quick on CPU at long lengths: the pair the question is about
-        long = args.quick and not cuda and max(args.max_len) >= QUICK_LONG
+    # --quick on CPU at long lengths (a step of 8192 tokens takes ~5-10 s on 2 cores): the pair
+    # the question is about, no redone steps (the contention count is still reported), no
+    # profile.
+    long = args.quick and not cuda and max(args.max_len) >= QUICK_LONG
+    if args.strategies is None:
         args.strategies = ["concat_chunk", "decomposition"] if long else list(STRATEGY_NAMES)
+    if args.retries is None:
+        args.retries = 0 if long else RETRIES
+    args.profile = args.profile and not long  # a profiled 8192-token step set: ~60 s more
     try:
         return run_worker(args) if args.worker else run_parent(args)
     except UserError as e:
