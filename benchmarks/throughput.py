@@ -1,7 +1,9 @@
 """Training throughput of every batching strategy: one model, one store, one run.
 
   .venv/bin/python benchmarks/throughput.py [--quick] [--json] [--max-len 2048 1024]
+      [--docs store|web] [--compile off|on|both] [--plot out.png]
   python benchmarks/throughput.py --device cuda --max-len 8192        (scripts/gpu_check.sh)
+  python benchmarks/throughput.py --from-json a.json b.json --plot both.png   (re-plot only)
 
 A step is forward + backward + grad clip + AdamW on one batch of the strategy, with the same
 model (same seed, same weights), the same token store and the same tokens per step for every
@@ -16,15 +18,32 @@ shapes pooled into strata of >= 10% of the epoch, `--steps` seeded-random steps 
 are timed, and the epoch's rate is estimated as sum(n_g * tokens_g) / sum(n_g * seconds_g) with
 n_g the stratum's step count in the epoch. Batches are assembled before the clock starts (a
 trainer prefetches them; benchmarks/data_pipeline.py shows assembly is >20x faster than training).
-This machine is shared: a step during which other processes took > 0.2 cores is redone (twice at
-most) and the run reports how many were; the `spread` column shows what noise remains.
+This machine is shared: a step during which other processes took > 0.2 cores is redone
+(`--retries`, default twice at most) and the run reports how many were; the `spread` column shows
+what noise remains. `--quick` on CPU at max_len >= 4096 times only concat_chunk and
+decomposition, redoes nothing and skips the profile (one 8192-token step takes 5-10 s here).
 
 Counts: tok/s = real (non-pad) input tokens per second, what training buys; slots/s = all B x T
 positions. FLOPs per step = 6 x (matmul weights of the model, LM head included) x slots
 + 12 x n_layer x d_model x attention pairs, with the pairs from `plan_counts` (the causal
 triangle per row, or per document when rows are document-masked: what an ideal kernel
 computes). MFU = those FLOPs per second / a matmul peak measured in the same run (fp32 on CPU,
-bf16 on CUDA, where the model runs under bf16 autocast).
+bf16 on CUDA, where the model runs under bf16 autocast). `bound` (flop_bound) = concat_chunk's
+FLOPs per real token / the strategy's: the `vs cc` an ideal FLOP-bound machine would show;
+explain() says how much of it decomposition reached. Per max_len the run also reports how many
+documents (and what share of the tokens) are longer than each bucket 256..max_len.
+
+`--docs web`: the store's token stream, unchanged, re-cut into documents with web-text lengths
+(lengthwise.data.recut: a log-normal fitted to the DD authors' DCLM-Baseline tokens per bucket),
+so the strategies batch the same tokens as if they came from a web corpus.
+
+`--compile on`: every worker runs torch.compile(model, dynamic=False) and steps every exact step
+shape once while warming up (a strategy with more than 16 shapes, pad, is left out), recording
+compile seconds per shape; `both` adds compiled rows beside the eager ones (`compiled`,
+`speedup_vs_eager`, `compile_payoff_steps` = compile_s / seconds saved per step).
+
+`--plot out.png`: tok/s and attention share of FLOPs per strategy against max_len (log2 axis),
+with the rows as out.json beside it; `--from-json` re-plots saved rows of separate runs.
 """
 
 from __future__ import annotations
@@ -47,10 +66,12 @@ import torch
 
 from lengthwise.config import STRATEGY_NAMES, BatchingConfig, ModelConfig, load_config
 from lengthwise.data.plan import plan_counts
+from lengthwise.data.recut import recut_offsets
 from lengthwise.data.stats import config_for
 from lengthwise.data.store import TokenStore, prepare
 from lengthwise.data.strategies import build_strategy
 from lengthwise.errors import UserError
+from lengthwise.io import atomic_write_bytes, atomic_write_text
 
 TARGET_LEN, TARGET_RATIO = 2048, 1.5  # the issue's expectation: decomposition >= 1.5x cc at 2048
 ATTN_OP_WORDS = ("scaled_dot_product", "flash_attention", "efficient_attention", "flex_attention")
@@ -61,6 +82,9 @@ STRATUM_MIN = 0.1  # the least share of an epoch's steps one stratum of step sha
 STEP_COUNTS = ("timed_steps", "retries", "contended_steps")
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"}
 CUDA_GEMM_WORDS = ("gemm", "cutlass", "xmma", "cublas")
+MAX_COMPILE_SHAPES = 16  # more distinct step shapes than this (pad: hundreds): not compiled
+QUICK_LONG = 4096  # --quick on CPU from this max_len: concat_chunk and decomposition only
+SMALLEST_BUCKET = 256  # `docs_longer_than` reports buckets from here up to max_len
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -79,6 +103,35 @@ def batching_for(base: BatchingConfig, strategy: str, max_len: int, tokens: int)
     except ValueError:
         return None
     return config_for(sized, strategy)
+
+
+def doc_offsets(store: TokenStore, docs: str, seed: int) -> np.ndarray:
+    """The store's document boundaries, or (`web`) its token stream re-cut into documents with
+    web-text lengths (lengthwise.data.recut): same tokens, other documents."""
+    if docs == "web":
+        return recut_offsets(store.n_tokens, seed)
+    return np.asarray(store.offsets, dtype=np.int64)
+
+
+def docs_longer_than(
+    offsets: np.ndarray, max_len: int, smallest: int = SMALLEST_BUCKET
+) -> dict[int, tuple[int, float]]:
+    """{bucket: (documents longer than it, their share of all tokens)} for the powers of two
+    from `smallest` to `max_len`: how much of the corpus DD must split, and concat_chunk cut."""
+    lengths = np.diff(np.asarray(offsets, dtype=np.int64))
+    total = max(int(lengths.sum()), 1)
+    out, b = {}, smallest
+    while b <= max_len:
+        long = lengths > b
+        out[b] = (int(long.sum()), float(lengths[long].sum()) / total)
+        b *= 2
+    return out
+
+
+def format_docs_longer(L: int, docs: str, offsets: np.ndarray) -> str:
+    facts = docs_longer_than(offsets, L)
+    parts = "; ".join(f"> {b}: {n:,} ({100 * s:.0f}% of tokens)" for b, (n, s) in facts.items())
+    return f"max_len {L}: {docs} documents ({len(offsets) - 1:,}) longer than: {parts or '-'}"
 
 
 def model_config(base: ModelConfig, args: argparse.Namespace, vocab: int, max_len: int):
@@ -160,15 +213,16 @@ class Worker:
         if bcfg is None:
             raise UserError(f"{args.worker} cannot run at max_len {self.max_len}")
         pad_id = store.meta["tokenizer"]["pad_id"]
-        self.strategy = build_strategy(bcfg, store.tokens, store.offsets, pad_id=pad_id)
+        offsets = doc_offsets(store, args.docs, args.seed)
+        self.strategy = build_strategy(bcfg, store.tokens, offsets, pad_id=pad_id)
         vocab = store.meta["tokenizer"]["vocab_size"]
         self.mcfg = mcfg = model_config(cfg.model, args, vocab, self.max_len)
         torch.manual_seed(args.seed)  # identical weights in every worker
-        self.model = GPT(mcfg).to(self.device)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        raw = GPT(mcfg).to(self.device)
+        self.params = [p for p in raw.parameters() if p.requires_grad]
         groups = [
             {k: v for k, v in g.items() if k != "name"}
-            for g in self.model.param_groups(cfg.optim.weight_decay, cfg.optim.decay_embeddings)
+            for g in raw.param_groups(cfg.optim.weight_decay, cfg.optim.decay_embeddings)
         ]
         self.opt = torch.optim.AdamW(
             groups, lr=cfg.optim.lr, betas=cfg.optim.betas, fused=self.device.type == "cuda"
@@ -177,17 +231,40 @@ class Worker:
         self.autocast = (
             (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else (nullcontext)
         )
-        self.dense_per_slot = 6 * matmul_params(self.model, vocab, mcfg.d_model)
+        self.dense_per_slot = 6 * matmul_params(raw, vocab, mcfg.d_model)
         self.attn_per_pair = 12 * mcfg.n_layer * mcfg.d_model
         self._epoch_facts()
+        self.compile_s: dict[str, float] = {}
+        self.model = raw
+        if args.compiled:
+            self._compile(raw)
         self.setup_rss_mb = rss_peak_mb()
         # Warm-up: every shape once on CUDA (kernel selection, compiled FlexAttention); on CPU
-        # the longest shape (the largest allocations) and the optimizer state.
-        for steps in self.shapes if cuda else self.shapes[-1:]:
-            self.loss = self._step(self._batch(steps[0]))[1]
+        # the longest shape (the largest allocations) and the optimizer state. Compiled: done.
+        if not args.compiled:
+            for steps in self.shapes if cuda else self.shapes[-1:]:
+                self.loss = self._step(self._batch(steps[0]))[1]
         self.last_profile: Any = None
         if cuda:
             torch.cuda.reset_peak_memory_stats()
+
+    def _compile(self, raw: torch.nn.Module) -> None:
+        """torch.compile(dynamic=False), then one step of every exact step shape (rows, T), so
+        no timed step compiles; the seconds of those first steps are the compile cost."""
+        exact: dict[tuple[int, int], int] = {}
+        for s, c in enumerate(self.counts):
+            exact.setdefault((c.rows, c.seq_len), s)
+        if len(exact) > MAX_COMPILE_SHAPES:
+            raise SkipWorker(f"{len(exact)} step shapes, too many to compile one by one")
+        dynamo = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
+        setattr(dynamo, limit, max(getattr(dynamo, limit), 2 * len(exact) + 2))
+        self.model = torch.compile(raw, dynamic=False)
+        for (rows, t), s in sorted(exact.items(), key=lambda kv: kv[0][1]):
+            b = self._batch(s)
+            start = time.perf_counter()
+            self.loss = self._step(b)[1]
+            self.compile_s[f"{rows}x{t}"] = time.perf_counter() - start
 
     def _epoch_facts(self) -> None:
         """Per-step counts of epoch 0 from the plans (no token reads), grouped by shape (rows,
@@ -226,6 +303,8 @@ class Worker:
             "max_len": self.max_len,
             "device": str(self.device),
             "tokens_per_step": self.args.tokens_per_step,
+            "docs": self.args.docs,
+            "compiled": bool(self.args.compiled),
             "epoch_steps": n,
             **{k: getattr(self.mcfg, k) for k in ("d_model", "n_layer", "n_head")},
             "vocab": self.mcfg.vocab_size,
@@ -277,12 +356,12 @@ class Worker:
         return [wall, *parts], float(loss.detach()), max(0.0, machine - mine) / wall
 
     def _timed(self, b, profiler: Any = None) -> tuple[list[float], int, bool]:
-        """`_step`, redone (up to `RETRIES` more times, same batch) while other processes took
+        """`_step`, redone (up to `--retries` more times, same batch) while other processes took
         more than `MAX_OTHERS` cores: such a step timed the machine's other users too (this
         2-core machine is shared). Returns the fastest try, the retries, and whether it was
         still contended."""
         best: list[float] | None = None
-        for tries in range(RETRIES + 1):
+        for tries in range(self.args.retries + 1):
             with profiler() if profiler else nullcontext() as prof:
                 secs, self.loss, others = self._step(b)
             if best is None or secs[0] < best[0]:
@@ -290,7 +369,7 @@ class Worker:
             if others <= MAX_OTHERS:
                 return best, tries, False
         assert best is not None
-        return best, RETRIES, True
+        return best, self.args.retries, True
 
     def _chosen(self, repeat: int) -> list[list[int]]:
         """`--steps` seeded-random steps of every shape group, different in every repeat."""
@@ -348,6 +427,8 @@ class Worker:
             "step_times": order,  # seconds of every timed step, in the order they ran
             "groups": per_group,
             "loss": self.loss,
+            "compile_s": sum(self.compile_s.values()) if self.args.compiled else None,
+            "compile_s_per_shape": self.compile_s or None,
             "setup_rss_mb": self.setup_rss_mb,
             "peak_rss_mb": rss_peak_mb(),
             "peak_device_mb": (
@@ -391,11 +472,20 @@ class Worker:
         return {"strategy": self.args.worker, "max_len": self.max_len, "profile": out}
 
 
+class SkipWorker(Exception):
+    """This strategy cannot be measured in this mode (the reason is the message)."""
+
+
 def run_worker(args: argparse.Namespace) -> int:
     """Print one JSON line per measurement; with --serve, wait for a command line each time
-    (`time R`, `profile`; end of input ends the worker)."""
-    w = Worker(args)
+    (`time R`, `profile`; end of input ends the worker). A strategy that cannot run in this
+    mode says `{"skip": why}` instead of ready."""
     say = lambda obj: print(json.dumps(obj), flush=True)
+    try:
+        w = Worker(args)
+    except SkipWorker as e:
+        say({"skip": str(e)})
+        return 0
     if not args.serve:
         for r in range(args.repeats):
             say(w.measure(r))
@@ -440,7 +530,9 @@ class Client:
         self.proc.wait()
 
 
-def worker_cmd(args: argparse.Namespace, strategy: str, max_len: int) -> list[str]:
+def worker_cmd(
+    args: argparse.Namespace, strategy: str, max_len: int, compiled: bool = False
+) -> list[str]:
     return [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -450,11 +542,14 @@ def worker_cmd(args: argparse.Namespace, strategy: str, max_len: int) -> list[st
         "--max-len", str(max_len),
         "--tokens-per-step", str(args.tokens_per_step),
         "--steps", str(args.steps),
+        "--retries", str(args.retries),
         "--repeats", str(args.repeats),
         "--d-model", str(args.d_model),
         "--n-layer", str(args.n_layer),
         "--n-head", str(args.n_head),
         "--seed", str(args.seed),
+        "--docs", args.docs,
+        *(["--compiled"] if compiled else []),
     ]  # fmt: skip
 
 
@@ -462,7 +557,10 @@ def summarize(
     runs: dict[str, list[dict[str, Any]]], peak: float, ref: str = "concat_chunk"
 ) -> list[dict[str, Any]]:
     """Measurements of one max_len ({strategy: one dict per repeat}) -> one row per strategy:
-    medians over repeats; the ratio to `ref` is paired per repeat, then the median."""
+    medians over repeats; the ratio to `ref` is paired per repeat, then the median.
+    `flop_bound` = ref's FLOPs per real token / this strategy's: the tok/s ratio an ideal,
+    FLOP-bound machine would show (None without a `ref` row)."""
+    ref_fpt = runs[ref][-1]["flops_per_real_token"] if ref in runs else None
     rows = []
     for name, ms in runs.items():
         tps = [m["tokens_per_s"] for m in ms]
@@ -488,6 +586,11 @@ def summarize(
                 "tokens_per_s": med,
                 "slots_per_s": statistics.median(m["slots_per_s"] for m in ms),
                 "ratio_vs_concat_chunk": ratio,
+                "flop_bound": (None if ref_fpt is None else ref_fpt / last["flops_per_real_token"]),
+                "docs": last.get("docs", "store"),
+                "compiled": bool(last.get("compiled", False)),
+                "compile_s": last.get("compile_s"),
+                "compile_s_per_shape": last.get("compile_s_per_shape"),
                 "spread": (max(tps) - min(tps)) / med,
                 "flops_per_s": statistics.median(m["flops_per_s"] for m in ms),
                 "mfu": statistics.median(m["flops_per_s"] for m in ms) / peak,
@@ -508,7 +611,8 @@ def summarize(
 
 def explain(rows: list[dict[str, Any]], profiles: dict[str, dict[str, float]]) -> list[str]:
     """Why decomposition is (or is not) faster than concat_chunk here: the FLOP bound, the bucket
-    mix, the measured step time per bucket, and where the profiled time goes."""
+    mix, how much of the bound the measurement reached (and every other strategy's bound), the
+    measured step time per bucket, and where the profiled time goes."""
     by = {r["strategy"]: r for r in rows}
     dd, cc = by.get("decomposition"), by.get("concat_chunk")
     if not dd or not cc:
@@ -518,15 +622,39 @@ def explain(rows: list[dict[str, Any]], profiles: dict[str, dict[str, float]]) -
     full = [g for g in dd["groups"] if g["label"] == str(L)]  # the L bucket as its own stratum
     n_full = full[0]["epoch_steps"] if full else 0
     expected = f" (the issue expected >= {TARGET_RATIO}x)" if TARGET_LEN == L else ""
+    mode = " (both compiled)" if cc.get("compiled") else ""
+    long = (dd.get("docs_longer_than") or {}).get(str(L // 2))
+    why_full = (
+        f"documents longer than {L // 2} hold {100 * long[1]:.0f}% of the tokens"
+        if long
+        else "long documents hold most tokens of this corpus"
+    )
+    reached = (ratio - 1) / (bound - 1) if bound > 1.05 else None
+    others = ", ".join(
+        f"{r['strategy']} {r['flop_bound']:.2f}x (measured {r['ratio_vs_concat_chunk']:.2f}x)"
+        for r in rows
+        if r["strategy"] not in ("concat_chunk", "decomposition")
+        and r.get("flop_bound") is not None
+        and r.get("ratio_vs_concat_chunk") is not None
+    )
     lines = [
-        f"max_len {L}: decomposition = {ratio:.2f}x concat_chunk tok/s{expected}. Why:",
+        f"max_len {L}{mode}: decomposition = {ratio:.2f}x concat_chunk tok/s{expected}. Why:",
         f"  - FLOPs: attention is {100 * a:.0f}% of concat_chunk's at T={L}, d_model "
         f"{cc['d_model']}: the dense 6N part (LM head included) is per token and does not shrink "
         f"with T, so removing ALL attention would give at most {1 / (1 - a):.2f}x.",
         f"  - bucket mix: {n_full} of decomposition's {dd['epoch_steps']} steps are full {L}-token "
-        f"buckets (mean T {dd['mean_seq_len']:.0f}; long documents hold most tokens of this "
-        f"corpus), so its FLOPs per real token are {1 / bound:.3f}x concat_chunk's: a FLOP bound "
-        f"of {bound:.2f}x.",
+        f"buckets (mean T {dd['mean_seq_len']:.0f}; {why_full}), so its FLOPs per real token "
+        f"are {1 / bound:.3f}x concat_chunk's: a FLOP bound of {bound:.2f}x.",
+        f"  - against that bound: measured {ratio:.2f}x"
+        + (
+            f" (the bound is {bound:.2f}x: next to no FLOPs to save, the gap is elsewhere)."
+            if reached is None
+            else f", {100 * reached:.0f}% of the gain an ideal FLOP-bound machine would show."
+            if reached <= 1.2
+            else f", more than the FLOPs explain ({100 * reached:.0f}% of their gain): time "
+            "outside the FLOP count (per-op overhead) or noise differs too."
+        )
+        + (f" FLOP bound (measured) of the others: {others}." if others else ""),
     ]
     steps = ", ".join(f"{g['label']}: {g['step_s']:.2f}" for g in dd["groups"])
     line = (
@@ -556,23 +684,96 @@ def explain(rows: list[dict[str, Any]], profiles: dict[str, dict[str, float]]) -
     return lines
 
 
+def times(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
 def format_table(rows: list[dict[str, Any]], device: str) -> str:
     mem = "peak MiB (GPU)" if device == "cuda" else "peak RSS MiB"
     head = (
-        f"{'strategy':<22}{'max_len':>8}{'tok/s':>11}{'slots/s':>11}{'vs cc':>7}{'spread':>8}"
-        f"{'attn %FLOP':>11}{'MFU %':>7}{'fwd/bwd/opt %':>15}{mem:>15}"
+        f"{'strategy':<24}{'max_len':>8}{'tok/s':>11}{'slots/s':>11}{'vs cc':>7}{'bound':>7}"
+        f"{'spread':>8}{'attn %FLOP':>11}{'MFU %':>7}{'fwd/bwd/opt %':>15}{mem:>15}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
-        ratio = "-" if r["ratio_vs_concat_chunk"] is None else f"{r['ratio_vs_concat_chunk']:.2f}x"
+        ratio, bound = times(r["ratio_vs_concat_chunk"]), times(r.get("flop_bound"))
+        name = r["strategy"] + (" [c]" if r.get("compiled") else "")
         split = "/".join(f"{100 * r[k]:.0f}" for k in ("fwd_frac", "bwd_frac", "opt_frac"))
         peak = r["peak_device_mb"] if device == "cuda" else r["peak_rss_mb"]
         lines.append(
-            f"{r['strategy']:<22}{r['max_len']:>8}{r['tokens_per_s']:>11,.0f}"
-            f"{r['slots_per_s']:>11,.0f}{ratio:>7}{100 * r['spread']:>7.1f}%"
+            f"{name:<24}{r['max_len']:>8}{r['tokens_per_s']:>11,.0f}"
+            f"{r['slots_per_s']:>11,.0f}{ratio:>7}{bound:>7}{100 * r['spread']:>7.1f}%"
             f"{100 * r['attn_flop_share']:>11.1f}{100 * r['mfu']:>7.1f}{split:>15}{peak:>15,.0f}"
         )
     return "\n".join(lines)
+
+
+def measure_max_len(
+    args: argparse.Namespace,
+    L: int,
+    names: list[str],
+    modes: list[bool],
+    peak: float,
+    notes: list[str],
+    longer: dict[str, list],
+) -> list[dict[str, Any]]:
+    """Start one worker per (strategy, eager/compiled), time them interleaved, summarize per
+    mode (each against its own concat_chunk), profile when decomposition is short of target."""
+    clients: dict[tuple[str, bool], Client] = {}
+    rows: list[dict[str, Any]] = []
+    try:
+        how = {(False,): "", (True,): " (compiled)"}.get(tuple(modes), " (eager and compiled)")
+        log(f"max_len {L}: starting workers {', '.join(names)}{how}")
+        for c in modes:
+            for s in names:  # all at once: their setup is not timed
+                clients[s, c] = Client(worker_cmd(args, s, L, compiled=c))
+        for key in list(clients):
+            ready = clients[key].read()  # built and warmed up (compiled: every shape)
+            if "skip" in ready:
+                notes.append(f"max_len {L}: {key[0]} not compiled: {ready['skip']}")
+                clients.pop(key).close()
+        runs: dict[tuple[str, bool], list[dict[str, Any]]] = {k: [] for k in clients}
+        # concat_chunk (the reference) next to decomposition and its docmask twin, so the
+        # paired ratios compare measurements seconds apart; reversed every other repeat
+        # (A B C, C B A) so a drift favours no one.
+        seq = sorted(clients, key=lambda k: (MEASURE_ORDER.index(k[0]), k[1]))
+        for r in range(args.repeats):
+            for key in seq if r % 2 == 0 else seq[::-1]:
+                m = clients[key].ask(f"time {r}")
+                runs[key].append(m)
+                log(f"max_len {L} repeat {r + 1}/{args.repeats} {key[0]}"
+                    f"{' compiled' if key[1] else ''}: {m['tokens_per_s']:,.0f} tok/s")  # fmt: skip
+        for c in modes:
+            part = summarize({s: ms for (s, k), ms in runs.items() if k == c}, peak)
+            by = {p["strategy"]: p for p in part}
+            ratio = by.get("decomposition", {}).get("ratio_vs_concat_chunk")
+            profiles: dict[str, dict[str, float]] = {}
+            want = args.profile and ratio is not None and ratio < TARGET_RATIO and c == modes[0]
+            for s in ("concat_chunk", "decomposition") if want else ():
+                log(f"max_len {L}: profiling {s}")
+                profiles[s] = clients[s, c].ask("profile")["profile"]
+            for p in part:
+                p["profile"] = profiles.get(p["strategy"])
+                p["docs_longer_than"] = longer
+            notes += explain(part, profiles)
+            rows += part
+        add_compile_payoff(rows)
+    finally:
+        for client in clients.values():
+            client.close()
+    return rows
+
+
+def add_compile_payoff(rows: list[dict[str, Any]]) -> None:
+    """Compiled rows get `speedup_vs_eager` (tok/s ratio to the eager row of the same strategy
+    and max_len) and `compile_payoff_steps` = compile seconds / seconds saved per step (None
+    when compiling saves nothing); eager rows get None for both."""
+    eager = {(r["strategy"], r["max_len"]): r for r in rows if not r["compiled"]}
+    for r in rows:
+        e = eager.get((r["strategy"], r["max_len"])) if r["compiled"] else None
+        r["speedup_vs_eager"] = r["tokens_per_s"] / e["tokens_per_s"] if e else None
+        saved = e["step_s"] - r["step_s"] if e else 0.0
+        r["compile_payoff_steps"] = r["compile_s"] / saved if e and saved > 0 else None
 
 
 def run_parent(args: argparse.Namespace) -> int:
@@ -584,6 +785,8 @@ def run_parent(args: argparse.Namespace) -> int:
     vocab = store.meta["tokenizer"]["vocab_size"]
     peak, peak_what = matmul_peak(device)
     log(f"matmul peak {peak / 1e9:,.1f} GFLOP/s ({peak_what})")
+    offsets = doc_offsets(store, args.docs, args.seed)
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     rows, notes = [], []
     for L in args.max_len:
         names = [
@@ -594,44 +797,16 @@ def run_parent(args: argparse.Namespace) -> int:
         skipped = sorted(set(args.strategies) - set(names))
         if skipped:
             notes.append(f"max_len {L}: skipped {', '.join(skipped)} (invalid at this size)")
-        clients = {}
-        try:
-            log(f"max_len {L}: starting workers {', '.join(names)}")
-            for s in names:  # all at once: their setup is not timed
-                clients[s] = Client(worker_cmd(args, s, L))
-            for s in names:
-                clients[s].read()  # ready: built and warmed up
-            runs: dict[str, list[dict[str, Any]]] = {s: [] for s in names}
-            # concat_chunk (the reference) next to decomposition and its docmask twin, so the
-            # paired ratios compare measurements seconds apart; reversed every other repeat
-            # (A B C, C B A) so a drift favours no one.
-            seq = sorted(names, key=lambda s: MEASURE_ORDER.index(s))
-            for r in range(args.repeats):
-                order = seq if r % 2 == 0 else seq[::-1]
-                for s in order:
-                    m = clients[s].ask(f"time {r}")
-                    runs[s].append(m)
-                    log(f"max_len {L} repeat {r + 1}/{args.repeats} {s}: "
-                        f"{m['tokens_per_s']:,.0f} tok/s")  # fmt: skip
-            part = summarize(runs, peak)
-            ratio = {p["strategy"]: p["ratio_vs_concat_chunk"] for p in part}.get("decomposition")
-            profiles: dict[str, dict[str, float]] = {}
-            if args.profile and ratio is not None and ratio < TARGET_RATIO:
-                for s in ("concat_chunk", "decomposition"):
-                    log(f"max_len {L}: profiling {s}")
-                    profiles[s] = clients[s].ask("profile")["profile"]
-            for p in part:
-                p["profile"] = profiles.get(p["strategy"])
-            notes += explain(part, profiles)
-            rows += part
-        finally:
-            for c in clients.values():
-                c.close()
+        notes.append(format_docs_longer(L, args.docs, offsets))
+        longer = {str(b): list(v) for b, v in docs_longer_than(offsets, L).items()}
+        rows += measure_max_len(args, L, names, modes, peak, notes, longer)
     peak = max(peak, matmul_peak(device)[0])  # the best of before and after the workers
     for r in rows:
         r["matmul_peak_flops"] = peak
         r["mfu"] = r["flops_per_s"] / peak
     secs = time.perf_counter() - wall
+    if args.plot:
+        write_plot(rows, args.plot)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -655,16 +830,95 @@ def run_parent(args: argparse.Namespace) -> int:
         f"vs cc = paired median ratio of tok/s to concat_chunk; spread = (max-min)/median tok/s"
     )
     print(format_table(rows, device.type))
+    for r in rows:
+        if r["compiled"]:
+            pay = r["compile_payoff_steps"]
+            print(
+                f"{r['strategy']} [c] max_len {r['max_len']}: compile {r['compile_s']:.0f} s "
+                f"({len(r['compile_s_per_shape'] or {})} shapes), {times(r['speedup_vs_eager'])} "
+                f"eager tok/s, "
+                + (f"pays back after {pay:,.0f} steps" if pay else "never pays back")
+            )
     for n in notes:
         print(n)
     timed, retried, busy = (sum(r[k] for r in rows) for k in STEP_COUNTS)
     print(
         f"shared machine: {retried} of {timed} timed steps were redone because other processes "
-        f"used > {MAX_OTHERS} cores meanwhile, {busy} still were after {RETRIES} retries; load "
-        f"average {load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end"
+        f"used > {MAX_OTHERS} cores meanwhile, {busy} still were after {args.retries} retries; "
+        f"load average {load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end"
     )
     print(f"wall time {secs:.0f} s")
     return 0
+
+
+def load_rows(paths: list[str]) -> list[dict[str, Any]]:
+    """Rows saved by `--json` or `--plot` (a JSON list each), concatenated in order."""
+    rows = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"--from-json {path}: cannot read a JSON list of rows ({e})") from None
+        if not isinstance(data, list) or not all(
+            isinstance(r, dict) and {"strategy", "max_len", "tokens_per_s"} <= r.keys()
+            for r in data
+        ):
+            raise UserError(
+                f"--from-json {path}: expected a JSON list of rows with strategy, max_len, "
+                "tokens_per_s (what --json prints)"
+            )
+        rows += data
+    return rows
+
+
+def write_plot(rows: list[dict[str, Any]], path: str) -> None:
+    """One PNG, two panels against max length (log2 x axis): real tokens/s per strategy, and
+    attention's share of each strategy's FLOPs; the rows as JSON beside it (same stem). Both
+    written atomically. Compiled rows are drawn dashed, `--docs web` rows with square marks."""
+    import io as _io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(path)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--plot {path}: expected a .png path")
+    fig, (ax_t, ax_a) = plt.subplots(1, 2, figsize=(11, 4.2))
+    series: dict[tuple[str, bool, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        series.setdefault((r["strategy"], bool(r.get("compiled")), r.get("docs", "store")), [])
+        series[r["strategy"], bool(r.get("compiled")), r.get("docs", "store")].append(r)
+    lens = sorted({r["max_len"] for r in rows})
+    for (name, compiled, docs), rs in sorted(series.items()):
+        rs = sorted(rs, key=lambda r: r["max_len"])
+        x = [r["max_len"] for r in rs]
+        label = (
+            name
+            + (" compiled" if compiled else "")
+            + (f" ({docs} docs)" if docs != "store" else "")
+        )
+        style = {"linestyle": "--" if compiled else "-", "marker": "s" if docs == "web" else "o"}
+        ax_t.plot(x, [r["tokens_per_s"] for r in rs], label=label, **style)
+        ax_a.plot(x, [100 * r["attn_flop_share"] for r in rs], label=label, **style)
+    for ax, title in ((ax_t, "real tokens / s"), (ax_a, "attention share of FLOPs (%)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lens, [str(v) for v in lens])
+        ax.set_xlabel("max length (tokens)")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    ax_a.set_ylim(bottom=0)
+    ax_t.legend(fontsize=7)
+    dev = sorted({str(r.get("device", "?")) for r in rows})
+    fig.suptitle(f"benchmarks/throughput.py ({', '.join(dev)})", fontsize=9)
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(out, buf.getvalue())
+    atomic_write_text(out.with_suffix(".json"), json.dumps(rows, indent=1) + "\n")
+    log(f"wrote {out} and {out.with_suffix('.json')}")
 
 
 def main() -> int:
@@ -677,7 +931,33 @@ def main() -> int:
     ap.add_argument("--tokens-per-step", type=int, help="default 8192 (cuda: 65536)")
     ap.add_argument("--repeats", type=int, help="interleaved measurements per strategy")
     ap.add_argument("--steps", type=int, help="timed steps per shape group per measurement")
-    ap.add_argument("--strategies", nargs="+", choices=STRATEGY_NAMES, default=list(STRATEGY_NAMES))
+    ap.add_argument(
+        "--strategies",
+        nargs="+",
+        choices=STRATEGY_NAMES,
+        help="default all (--quick at max_len >= 4096 on CPU: concat_chunk, decomposition)",
+    )
+    ap.add_argument(
+        "--docs",
+        choices=("store", "web"),
+        default="store",
+        help="store: the store's documents; web: the same tokens re-cut to web-text lengths",
+    )
+    ap.add_argument(
+        "--compile",
+        choices=("off", "on", "both"),
+        default="off",
+        help="torch.compile the model (every step shape compiled in warm-up); both: eager and "
+        "compiled rows side by side",
+    )
+    ap.add_argument("--plot", metavar="PATH.png", help="tok/s and attention share vs max_len")
+    ap.add_argument(
+        "--from-json",
+        nargs="+",
+        metavar="F.json",
+        help="re-plot rows saved by --json/--plot (needs --plot); runs nothing",
+    )
+    ap.add_argument("--retries", type=int, help=f"redos of a contended step (default {RETRIES})")
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--n-head", type=int, default=4)
@@ -685,7 +965,18 @@ def main() -> int:
     ap.add_argument("--no-profile", dest="profile", action="store_false")
     ap.add_argument("--worker", choices=STRATEGY_NAMES, help=argparse.SUPPRESS)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.from_json:
+        if not args.plot:
+            print("throughput: --from-json needs --plot PATH.png", file=sys.stderr)
+            return 2
+        try:
+            write_plot(load_rows(args.from_json), args.plot)
+        except UserError as e:
+            print(f"throughput: {e}", file=sys.stderr)
+            return 2
+        return 0
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         print("throughput: --device cuda but torch sees no CUDA device", file=sys.stderr)
@@ -699,6 +990,15 @@ def main() -> int:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    # --quick on CPU at long lengths (a step of 8192 tokens takes ~5-10 s on 2 cores): the pair
+    # the question is about, no redone steps (the contention count is still reported), no
+    # profile.
+    long = args.quick and not cuda and max(args.max_len) >= QUICK_LONG
+    if args.strategies is None:
+        args.strategies = ["concat_chunk", "decomposition"] if long else list(STRATEGY_NAMES)
+    if args.retries is None:
+        args.retries = 0 if long else RETRIES
+    args.profile = args.profile and not long  # a profiled 8192-token step set: ~60 s more
     try:
         return run_worker(args) if args.worker else run_parent(args)
     except UserError as e:
