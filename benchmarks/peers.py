@@ -62,6 +62,7 @@ import json
 import os
 import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -112,7 +113,7 @@ GPT2_LIKE = ["model.position=learned", "model.mlp=gelu", "model.bias=true"]
 FULL = {"budget": 524_288, "repeats": 3, "snapshots": 8, "eval_tokens": 65_536, "time_limit": 600}
 PASSED = ("config", "threads", "max_len", "tokens_per_step", "d_model", "n_layer", "n_head")
 PASSED += ("budget", "snapshots", "eval_tokens", "time_limit", "val_split")  # parent -> child
-PASSED += ("position_loss",)
+PASSED += ("position_loss", "docs")
 POSITION_DOCS = 8  # the longest held-out documents scored per position
 QUICK = {
     **{"max_len": 256, "tokens_per_step": 2048, "d_model": 64, "n_layer": 2, "n_head": 2},
@@ -135,12 +136,17 @@ def run_config(args: argparse.Namespace, name: str, seed: int, out_dir: Path) ->
     """The config of one run: the base config at the benchmark's size and budget, with the
     strategy of `name` for our rows (HF rows read only data, model, optim and schedule)."""
     base = load_config(args.config)
+    data = []
+    if args.docs == "web":  # built by the parent (run_parent / time_to_loss) before any child
+        data = [f"data.out_dir={web_data_dir(base.data)}"]
+        base = load_config(args.config, data)
     warmup = args.budget * base.schedule.warmup_tokens // base.train.total_tokens  # same share
     max_len = args.max_len or base.batching.max_len
     sizes = {
         k: getattr(args, k) or getattr(base.model, k) for k in ("d_model", "n_layer", "n_head")
     }
     overrides = [
+        *data,
         f"batching.max_len={max_len}",
         f"batching.tokens_per_step={args.tokens_per_step or base.batching.tokens_per_step}",
         f"batching.min_bucket={min(base.batching.min_bucket, max_len)}",
@@ -181,6 +187,41 @@ def run_config(args: argparse.Namespace, name: str, seed: int, out_dir: Path) ->
         cycles = grow_cycles(cfg, args.budget)
         cfg = load_config(args.config, [*overrides, f"batching.curriculum.cycles={cycles}"])
     return cfg
+
+
+def web_data_dir(data: Any, seed: int = 0) -> Path:
+    """A data folder beside `data.out_dir` (prepared first) whose train store holds the same
+    tokens re-cut into web-length documents (lengthwise.data.recut; the same cut for every run):
+    tokens.bin linked, new doc_offsets.npy and meta.json; the tokenizer and the other splits
+    linked unchanged, so evaluation reads the real held-out documents. Built once, atomically;
+    reused after."""
+    from lengthwise.data.recut import WEB_MU, WEB_SIGMA, recut_offsets
+    from lengthwise.io import atomic_dir
+
+    data_dir = data.out_dir
+    dest = data_dir.with_name(f"{data_dir.name}_web{seed}")
+    if (dest / "train" / "meta.json").is_file():
+        return dest
+    prepare(data, progress=False)
+    train = TokenStore(data_dir / "train")
+    offsets = recut_offsets(train.n_tokens, seed)
+    with atomic_dir(dest) as tmp:
+        for item in data_dir.iterdir():  # stores: folders of linked files; the rest copied
+            if item.name.startswith(".") or item.name == "train":
+                continue
+            if item.is_dir():
+                (tmp / item.name).mkdir()
+                for f in item.iterdir():
+                    (tmp / item.name / f.name).symlink_to(f.resolve())
+            else:
+                shutil.copy2(item, tmp / item.name)
+        (tmp / "train").mkdir()
+        (tmp / "train" / "tokens.bin").symlink_to((train.path / "tokens.bin").resolve())
+        np.save(tmp / "train" / "doc_offsets.npy", offsets)
+        meta = {**train.meta, "n_docs": len(offsets) - 1, "sha256": {}}
+        meta["recut"] = {"mu": WEB_MU, "sigma": WEB_SIGMA, "seed": seed, "from": str(data_dir)}
+        (tmp / "train" / "meta.json").write_text(json.dumps(meta, indent=2))
+    return dest
 
 
 def grow_cycles(cfg: Config, budget: int) -> int:
@@ -696,6 +737,12 @@ def run_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--time-limit", type=float, help="training seconds per run at most (0: none)")
     ap.add_argument("--val-split", default="val")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--docs",
+        choices=("store", "web"),
+        default="store",
+        help="web: the training tokens re-cut into web-length documents (lengthwise.data.recut)",
+    )
     ap.add_argument(
         "--position-loss",
         type=float,

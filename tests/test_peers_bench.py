@@ -204,6 +204,33 @@ def test_one_run(config, name, tmp_path):
     assert out["real_tokens_per_s"] > 0 and out["peak_rss_mb"] >= out["setup_rss_mb"] > 0
 
 
+def test_web_docs_recut_the_same_tokens_and_score_positions_to_2x(config, store, tmp_path):
+    """--docs web: a data folder whose train store holds the same tokens in web-length
+    documents (the val store unchanged), which prepare accepts as up to date; a run on it with
+    --position-loss 2 scores its final weights at every position up to 2 x max_len."""
+    from lengthwise.data.recut import recut_offsets
+
+    args = args_for(config, "--_one", "concat_chunk", "--docs", "web", "--position-loss", "2")
+    cfg = peers.run_config(args, "concat_chunk", 0, tmp_path)
+    assert cfg.data.out_dir.name == "data_web0"
+    web = TokenStore(cfg.data.out_dir / "train")
+    assert np.array_equal(np.asarray(web.tokens), np.asarray(store.tokens))
+    assert np.array_equal(web.offsets, recut_offsets(store.n_tokens, 0))
+    assert not np.array_equal(web.offsets, store.offsets)
+    assert prepare(cfg.data, progress=False)["train"]["recut"]["seed"] == 0  # kept, not rebuilt
+    val = TokenStore(cfg.data.out_dir / "val")
+    assert np.array_equal(val.offsets, TokenStore(config.parent / "data" / "val").offsets)
+    threads = torch.get_num_threads()
+    try:
+        out = peers.run_one(args)
+    finally:
+        torch.set_num_threads(threads)
+    pos = out["position_loss"]
+    assert pos["max_len"] == MAX_LEN and len(pos["loss"]) == 2 * MAX_LEN
+    assert pos["docs_at"][0] == peers.POSITION_DOCS  # 10 val documents, the 8 longest scored
+    assert pos["docs_at"][-1] == int((val.lengths > 2 * MAX_LEN).sum())
+
+
 @pytest.mark.slow
 def test_json_rows(config):
     """The whole script, two rows x two repeats in child processes: `--json` rows."""
