@@ -10,7 +10,8 @@ cross entropy", written here in plain torch.
 
 Everything is computed in float32 for bf16/fp16/fp32 inputs (as the model's own fp32 head:
 bf16 logits lose the small probabilities the loss is made of; float64 inputs stay float64, for
-exact tests); the gradients come back in the inputs' dtypes. No double backward (nothing in lengthwise needs one).
+exact tests); the gradients come back in the inputs' dtypes. No double backward (nothing in
+lengthwise needs one).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-IGNORE_INDEX = -100
+from lengthwise.batch import IGNORE_INDEX
+
 CHUNK_BYTES = 128 * 2**20  # one chunk's logits in float32 (see default_chunk_rows)
 MIN_CHUNK_ROWS = 256
 
@@ -69,7 +71,7 @@ class _FusedLMLoss(torch.autograd.Function):
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dt = compute_dtype(x, weight)
         w = weight.to(dt)
-        dx = torch.zeros(x.shape, dtype=dt, device=x.device) if need_x else None
+        dx = torch.empty(x.shape, dtype=dt, device=x.device) if need_x else None  # every row set
         dw = torch.zeros(w.shape, dtype=dt, device=w.device) if need_w else None
         loss = torch.zeros((), dtype=dt, device=x.device)
         for s in range(0, x.shape[0], chunk_rows):
@@ -90,8 +92,10 @@ class _FusedLMLoss(torch.autograd.Function):
         # compute dtype until scaled, then one rounding to the inputs' dtypes (as autograd through
         # F.linear on `.float()` copies would do)
         dx, dw = ctx.saved_tensors
-        grads = [None if d is None else (d * grad_out).to(t) for d, t in zip((dx, dw), ctx.dtypes)]
-        return grads[0], grads[1], None, None
+        x_dtype, w_dtype = ctx.dtypes
+        gx = None if dx is None else (dx * grad_out).to(x_dtype)
+        gw = None if dw is None else (dw * grad_out).to(w_dtype)
+        return gx, gw, None, None
 
 
 def chunked_lm_loss(
