@@ -52,12 +52,15 @@ def _chunk(xc: Tensor, w: Tensor, tc: Tensor, want_grad: bool) -> tuple[Tensor, 
     logits = xc @ w.T  # (n, V) in the compute dtype
     valid = tc != IGNORE_INDEX
     safe = torch.where(valid, tc, 0).unsqueeze(1)
-    lse = torch.logsumexp(logits, dim=1)
     picked = logits.gather(1, safe).squeeze(1)
+    top = logits.amax(dim=1, keepdim=True)
+    e = logits.sub_(top).exp_()  # logsumexp by hand, in place: no second (n, V) buffer
+    total = e.sum(dim=1, keepdim=True)
+    lse = (top + total.log()).squeeze(1)
     loss = torch.where(valid, lse - picked, 0.0).sum()
     if not want_grad:
         return loss, None
-    g = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax
+    g = e.div_(total)  # softmax
     g.scatter_add_(1, safe, torch.full_like(picked, -1.0).unsqueeze(1))  # minus one-hot
     g.mul_(valid.unsqueeze(1))
     return loss, g
