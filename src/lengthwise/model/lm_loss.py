@@ -85,6 +85,7 @@ class _FusedLMLoss(torch.autograd.Function):
                 torch.mm(g, w, out=dx[s : s + chunk_rows])
             if dw is not None:
                 dw.addmm_(g.T, xc)
+            del g  # free this chunk's buffer before the next one is allocated
         ctx.save_for_backward(dx, dw)
         ctx.dtypes = (x.dtype, weight.dtype)
         return loss
