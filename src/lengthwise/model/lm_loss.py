@@ -35,7 +35,8 @@ def default_chunk_rows(n: int, vocab: int) -> int:
     7.4-12.5; chunks of 16 MB 13.8-16.1, 32 MB 10.1-10.9, 64 MB 9.1-10.1, 128 MB 8.2-9.1,
     256 MB 7.8-9.1, 512 MB 8.1-8.8. 128 MB is where the time flattens out; its memory (the chunk's
     logits, turned into their gradient in place, plus dW and dX) is still a small fraction of the
-    reference's 2 x N x V x 4 bytes at training sizes (benchmarks/lm_loss.py). The 256-row floor
+    reference's at training sizes: benchmarks/lm_loss.py at N=16384, C=256, V=50257 measured a
+    peak of 206 MB vs 9434 MB, in 0.63x the time (CPU, 2 threads). The 256-row floor
     keeps the matmuls efficient at huge vocabularies (256 x 256k x 4 B = 256 MB)."""
     rows = max(MIN_CHUNK_ROWS, CHUNK_BYTES // (4 * vocab))
     return max(1, min(n, rows))
