@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from lengthwise.config import ModelConfig
 from lengthwise.model.attention import AttnMask, attention, fold_bias, kv_mask, masked_attention
+from lengthwise.model.lm_loss import chunked_lm_loss
 from lengthwise.model.positions import PositionInfo, Positions, apply_rope
 
 IGNORE_INDEX = -100
@@ -255,15 +256,9 @@ class GPT(nn.Module):
         # probabilities that the loss (and perplexity beyond the training length) is made of
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = self.norm(x.float())
-            logits = F.linear(x, self.lm_head.weight.float())  # (B, T, V)
-            if targets is None:
-                return logits
-            return F.cross_entropy(
-                logits.view(B * T, -1),
-                targets.reshape(B * T),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            )
+            if targets is not None:  # chunk by chunk: never the (B, T, V) logits (lm_loss.py)
+                return chunked_lm_loss(x.view(B * T, -1), self.lm_head.weight, targets)
+            return F.linear(x, self.lm_head.weight.float())  # (B, T, V)
 
     def _trunk_cached(
         self,

@@ -42,9 +42,19 @@ from lengthwise.config import ModelConfig
 from lengthwise.errors import UserError
 from lengthwise.model.attention import AttnMask, attention, kv_mask
 from lengthwise.model.gpt import IGNORE_INDEX, KVCache
+from lengthwise.model.lm_loss import chunked_lm_loss
 
 POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")  # learned, absolute
 ATTENTION = "lengthwise"  # the name registered in transformers' AttentionInterface
+# model types whose causal-LM forward is just `lm_head(base_model(...)[0])` (read in transformers
+# 5.25): the training loss skips the full logits (chunked_lm_loss). Left out, so they keep the
+# logits path: gemma2/gemma3 (final_logit_softcapping), cohere (logit_scale), granite
+# (logits_scaling), MoE models (router outputs), and any type not checked. A head with a bias
+# (phi's, gptj's) also keeps the logits path.
+PLAIN_HEAD_TYPES = frozenset((
+    "llama", "mistral", "qwen2", "qwen3", "gemma", "gpt2", "gpt_neo", "gpt_neox", "olmo", "olmo2",
+    "opt", "phi", "phi3", "smollm3", "stablelm", "starcoder2", "bloom", "falcon",
+))  # fmt: skip
 
 # our dropout fields -> the names architectures use for them (first one the config has wins)
 DROPOUT_FIELDS = {
@@ -224,14 +234,13 @@ class HFModel(nn.Module):
         else:
             if position_ids is None:
                 position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
-            out = self.hf(
-                input_ids=input_ids,
-                position_ids=position_ids,
-                use_cache=False,
-                logits_to_keep=keep,
-                **self._document_mask(doc_ids, B, T, input_ids.device),
-            )
-            logits = out.logits
+            kwargs = dict(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+            kwargs.update(self._document_mask(doc_ids, B, T, input_ids.device))
+            head = self._plain_head() if targets is not None else None
+            if head is not None:  # the loss chunk by chunk, never the (B, T, V) logits
+                hidden = self.hf.base_model(**kwargs)[0]  # (B, T, C); the loss runs in fp32
+                return chunked_lm_loss(hidden.reshape(B * T, -1), head.weight, targets)
+            logits = self.hf(**kwargs, logits_to_keep=keep).logits
         logits = logits.float()
         if targets is None:
             return logits
@@ -241,6 +250,13 @@ class HFModel(nn.Module):
             ignore_index=IGNORE_INDEX,
             reduction="sum",
         )
+
+    def _plain_head(self) -> nn.Linear | None:
+        """The output head, if the logits are exactly `head(base_model(...)[0])` with a
+        bias-free Linear head (so chunked_lm_loss may stand in for them), else None."""
+        head = self.hf.get_output_embeddings()
+        plain = self.config.model_type in PLAIN_HEAD_TYPES and type(head) is nn.Linear
+        return head if plain and head.bias is None else None
 
     def _document_mask(self, doc_ids: Tensor | None, B: int, T: int, device: torch.device) -> dict:
         if self.attn_implementation == ATTENTION:  # the mask object, shared by the layers
