@@ -1,7 +1,7 @@
 """Training throughput of every batching strategy: one model, one store, one run.
 
   .venv/bin/python benchmarks/throughput.py [--quick] [--json] [--max-len 2048 1024]
-      [--docs store|web] [--compile off|on|both] [--plot out.png]
+      [--docs store|web] [--modes eager full_logits compiled] [--plot out.png]
   python benchmarks/throughput.py --device cuda --max-len 8192        (scripts/gpu_check.sh)
   python benchmarks/throughput.py --from-json a.json b.json --plot both.png   (re-plot only)
 
@@ -37,10 +37,14 @@ documents (and what share of the tokens) are longer than each bucket 256..max_le
 (lengthwise.data.recut: a log-normal fitted to the DD authors' DCLM-Baseline tokens per bucket),
 so the strategies batch the same tokens as if they came from a web corpus.
 
-`--compile on`: every worker runs torch.compile(model, dynamic=False) and steps every exact step
-shape once while warming up (a strategy with more than 16 shapes, pad, is left out), recording
-compile seconds per shape; `both` adds compiled rows beside the eager ones (`compiled`,
-`speedup_vs_eager`, `compile_payoff_steps` = compile_s / seconds saved per step).
+`--modes`: how each strategy's step runs, one row per (strategy, mode), each mode against its own
+concat_chunk. `eager` (default): the model as `lengthwise train` runs it, the LM head's loss
+chunked (lengthwise.model.lm_loss). `full_logits`: the loss as it was before, F.linear into the
+full (tokens x vocab) float32 logits and F.cross_entropy: the before/after of the chunked loss in
+one run (its rows carry `speedup_vs_eager`, below 1 when chunking helps). `compiled`:
+torch.compile(model, dynamic=False), every exact step shape stepped once while warming up (a
+strategy with more than 16 shapes, pad, is left out), compile seconds per shape recorded
+(`compile_s`, `speedup_vs_eager`, `compile_payoff_steps` = compile_s / seconds saved per step).
 
 `--plot out.png`: tok/s and attention share of FLOPs per strategy against max_len (log2 axis),
 with the rows as out.json beside it; `--from-json` re-plots saved rows of separate runs.
@@ -63,6 +67,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lengthwise.config import STRATEGY_NAMES, BatchingConfig, ModelConfig, load_config
 from lengthwise.data.plan import plan_counts
@@ -82,6 +87,8 @@ STRATUM_MIN = 0.1  # the least share of an epoch's steps one stratum of step sha
 STEP_COUNTS = ("timed_steps", "retries", "contended_steps")
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"}
 CUDA_GEMM_WORDS = ("gemm", "cutlass", "xmma", "cublas")
+MODES = ("eager", "full_logits", "compiled")
+MODE_TAGS = {"eager": "", "full_logits": " [full]", "compiled": " [c]"}
 MAX_COMPILE_SHAPES = 16  # more distinct step shapes than this (pad: hundreds): not compiled
 QUICK_LONG = 4096  # --quick on CPU from this max_len: concat_chunk and decomposition only
 SMALLEST_BUCKET = 256  # `docs_longer_than` reports buckets from here up to max_len
@@ -236,12 +243,12 @@ class Worker:
         self._epoch_facts()
         self.compile_s: dict[str, float] = {}
         self.model = raw
-        if args.compiled:
+        if args.mode == "compiled":
             self._compile(raw)
         self.setup_rss_mb = rss_peak_mb()
         # Warm-up: every shape once on CUDA (kernel selection, compiled FlexAttention); on CPU
         # the longest shape (the largest allocations) and the optimizer state. Compiled: done.
-        if not args.compiled:
+        if args.mode != "compiled":
             for steps in self.shapes if cuda else self.shapes[-1:]:
                 self.loss = self._step(self._batch(steps[0]))[1]
         self.last_profile: Any = None
@@ -304,7 +311,8 @@ class Worker:
             "device": str(self.device),
             "tokens_per_step": self.args.tokens_per_step,
             "docs": self.args.docs,
-            "compiled": bool(self.args.compiled),
+            "mode": self.args.mode,
+            "compiled": self.args.mode == "compiled",
             "epoch_steps": n,
             **{k: getattr(self.mcfg, k) for k in ("d_model", "n_layer", "n_head")},
             "vocab": self.mcfg.vocab_size,
@@ -335,9 +343,15 @@ class Worker:
         start, cpu = time.perf_counter(), cpu_seconds()
         mark[0]()
         with self.autocast():
-            loss = self.model(
-                b.input_ids, position_ids=b.position_ids, doc_ids=b.doc_ids, targets=b.targets
-            )
+            if self.args.mode == "full_logits":  # the loss before lengthwise.model.lm_loss
+                logits = self.model(b.input_ids, position_ids=b.position_ids, doc_ids=b.doc_ids)
+                loss = F.cross_entropy(
+                    logits.flatten(0, 1), b.targets.flatten(), ignore_index=-100, reduction="sum"
+                )
+            else:
+                loss = self.model(
+                    b.input_ids, position_ids=b.position_ids, doc_ids=b.doc_ids, targets=b.targets
+                )
             loss = loss / max(b.n_target_tokens, 1)
         mark[1]()
         loss.backward()
@@ -427,7 +441,7 @@ class Worker:
             "step_times": order,  # seconds of every timed step, in the order they ran
             "groups": per_group,
             "loss": self.loss,
-            "compile_s": sum(self.compile_s.values()) if self.args.compiled else None,
+            "compile_s": sum(self.compile_s.values()) if self.compile_s else None,
             "compile_s_per_shape": self.compile_s or None,
             "setup_rss_mb": self.setup_rss_mb,
             "peak_rss_mb": rss_peak_mb(),
@@ -531,7 +545,7 @@ class Client:
 
 
 def worker_cmd(
-    args: argparse.Namespace, strategy: str, max_len: int, compiled: bool = False
+    args: argparse.Namespace, strategy: str, max_len: int, mode: str = "eager"
 ) -> list[str]:
     return [
         sys.executable,
@@ -549,7 +563,7 @@ def worker_cmd(
         "--n-head", str(args.n_head),
         "--seed", str(args.seed),
         "--docs", args.docs,
-        *(["--compiled"] if compiled else []),
+        "--mode", mode,
     ]  # fmt: skip
 
 
@@ -588,7 +602,8 @@ def summarize(
                 "ratio_vs_concat_chunk": ratio,
                 "flop_bound": (None if ref_fpt is None else ref_fpt / last["flops_per_real_token"]),
                 "docs": last.get("docs", "store"),
-                "compiled": bool(last.get("compiled", False)),
+                "mode": last.get("mode", "eager"),
+                "compiled": last.get("mode") == "compiled",
                 "compile_s": last.get("compile_s"),
                 "compile_s_per_shape": last.get("compile_s_per_shape"),
                 "spread": (max(tps) - min(tps)) / med,
@@ -622,7 +637,7 @@ def explain(rows: list[dict[str, Any]], profiles: dict[str, dict[str, float]]) -
     full = [g for g in dd["groups"] if g["label"] == str(L)]  # the L bucket as its own stratum
     n_full = full[0]["epoch_steps"] if full else 0
     expected = f" (the issue expected >= {TARGET_RATIO}x)" if TARGET_LEN == L else ""
-    mode = " (both compiled)" if cc.get("compiled") else ""
+    mode = f" (both {cc['mode']})" if cc.get("mode", "eager") != "eager" else ""
     long = (dd.get("docs_longer_than") or {}).get(str(L // 2))
     why_full = (
         f"documents longer than {L // 2} hold {100 * long[1]:.0f}% of the tokens"
@@ -697,7 +712,7 @@ def format_table(rows: list[dict[str, Any]], device: str) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio, bound = times(r["ratio_vs_concat_chunk"]), times(r.get("flop_bound"))
-        name = r["strategy"] + (" [c]" if r.get("compiled") else "")
+        name = r["strategy"] + MODE_TAGS[r.get("mode", "eager")]
         split = "/".join(f"{100 * r[k]:.0f}" for k in ("fwd_frac", "bwd_frac", "opt_frac"))
         peak = r["peak_device_mb"] if device == "cuda" else r["peak_rss_mb"]
         lines.append(
@@ -712,37 +727,37 @@ def measure_max_len(
     args: argparse.Namespace,
     L: int,
     names: list[str],
-    modes: list[bool],
+    modes: list[str],
     peak: float,
     notes: list[str],
     longer: dict[str, list],
 ) -> list[dict[str, Any]]:
-    """Start one worker per (strategy, eager/compiled), time them interleaved, summarize per
+    """Start one worker per (strategy, mode), time them interleaved, summarize per
     mode (each against its own concat_chunk), profile when decomposition is short of target."""
-    clients: dict[tuple[str, bool], Client] = {}
+    clients: dict[tuple[str, str], Client] = {}
     rows: list[dict[str, Any]] = []
     try:
-        how = {(False,): "", (True,): " (compiled)"}.get(tuple(modes), " (eager and compiled)")
+        how = "" if modes == ["eager"] else f" ({', '.join(modes)})"
         log(f"max_len {L}: starting workers {', '.join(names)}{how}")
         for c in modes:
             for s in names:  # all at once: their setup is not timed
-                clients[s, c] = Client(worker_cmd(args, s, L, compiled=c))
+                clients[s, c] = Client(worker_cmd(args, s, L, mode=c))
         for key in list(clients):
             ready = clients[key].read()  # built and warmed up (compiled: every shape)
             if "skip" in ready:
                 notes.append(f"max_len {L}: {key[0]} not compiled: {ready['skip']}")
                 clients.pop(key).close()
-        runs: dict[tuple[str, bool], list[dict[str, Any]]] = {k: [] for k in clients}
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {k: [] for k in clients}
         # concat_chunk (the reference) next to decomposition and its docmask twin, so the
         # paired ratios compare measurements seconds apart; reversed every other repeat
         # (A B C, C B A) so a drift favours no one.
-        seq = sorted(clients, key=lambda k: (MEASURE_ORDER.index(k[0]), k[1]))
+        seq = sorted(clients, key=lambda k: (MEASURE_ORDER.index(k[0]), MODES.index(k[1])))
         for r in range(args.repeats):
             for key in seq if r % 2 == 0 else seq[::-1]:
                 m = clients[key].ask(f"time {r}")
                 runs[key].append(m)
                 log(f"max_len {L} repeat {r + 1}/{args.repeats} {key[0]}"
-                    f"{' compiled' if key[1] else ''}: {m['tokens_per_s']:,.0f} tok/s")  # fmt: skip
+                    f"{MODE_TAGS[key[1]]}: {m['tokens_per_s']:,.0f} tok/s")  # fmt: skip
         for c in modes:
             part = summarize({s: ms for (s, k), ms in runs.items() if k == c}, peak)
             by = {p["strategy"]: p for p in part}
@@ -765,15 +780,15 @@ def measure_max_len(
 
 
 def add_compile_payoff(rows: list[dict[str, Any]]) -> None:
-    """Compiled rows get `speedup_vs_eager` (tok/s ratio to the eager row of the same strategy
-    and max_len) and `compile_payoff_steps` = compile seconds / seconds saved per step (None
-    when compiling saves nothing); eager rows get None for both."""
-    eager = {(r["strategy"], r["max_len"]): r for r in rows if not r["compiled"]}
+    """Rows of another mode than eager get `speedup_vs_eager` (tok/s ratio to the eager row of
+    the same strategy and max_len); compiled rows also `compile_payoff_steps` = compile seconds
+    / seconds saved per step (None when compiling saves nothing); eager rows get None."""
+    eager = {(r["strategy"], r["max_len"]): r for r in rows if r.get("mode") == "eager"}
     for r in rows:
-        e = eager.get((r["strategy"], r["max_len"])) if r["compiled"] else None
+        e = eager.get((r["strategy"], r["max_len"])) if r.get("mode") != "eager" else None
         r["speedup_vs_eager"] = r["tokens_per_s"] / e["tokens_per_s"] if e else None
-        saved = e["step_s"] - r["step_s"] if e else 0.0
-        r["compile_payoff_steps"] = r["compile_s"] / saved if e and saved > 0 else None
+        saved = e["step_s"] - r["step_s"] if e and r["compiled"] else 0.0
+        r["compile_payoff_steps"] = r["compile_s"] / saved if saved > 0 else None
 
 
 def run_parent(args: argparse.Namespace) -> int:
@@ -786,7 +801,7 @@ def run_parent(args: argparse.Namespace) -> int:
     peak, peak_what = matmul_peak(device)
     log(f"matmul peak {peak / 1e9:,.1f} GFLOP/s ({peak_what})")
     offsets = doc_offsets(store, args.docs, args.seed)
-    modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    modes = list(dict.fromkeys(args.modes))
     rows, notes = [], []
     for L in args.max_len:
         names = [
@@ -839,6 +854,13 @@ def run_parent(args: argparse.Namespace) -> int:
                 f"eager tok/s, "
                 + (f"pays back after {pay:,.0f} steps" if pay else "never pays back")
             )
+        elif r.get("mode") == "full_logits" and r["speedup_vs_eager"]:
+            print(
+                f"{r['strategy']} max_len {r['max_len']}: the chunked LM loss gives "
+                f"{times(1 / r['speedup_vs_eager'])} the tok/s of full logits (MFU "
+                f"{100 * r['mfu'] / r['speedup_vs_eager']:.1f}% vs {100 * r['mfu']:.1f}%), peak "
+                f"RSS {r['peak_rss_mb']:,.0f} MiB with full logits"
+            )
     for n in notes:
         print(n)
     timed, retried, busy = (sum(r[k] for r in rows) for k in STEP_COUNTS)
@@ -886,20 +908,17 @@ def write_plot(rows: list[dict[str, Any]], path: str) -> None:
     if out.suffix.lower() != ".png":
         raise UserError(f"--plot {path}: expected a .png path")
     fig, (ax_t, ax_a) = plt.subplots(1, 2, figsize=(11, 4.2))
-    series: dict[tuple[str, bool, str], list[dict[str, Any]]] = {}
+    series: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        series.setdefault((r["strategy"], bool(r.get("compiled")), r.get("docs", "store")), [])
-        series[r["strategy"], bool(r.get("compiled")), r.get("docs", "store")].append(r)
+        mode = r.get("mode", "compiled" if r.get("compiled") else "eager")
+        series.setdefault((r["strategy"], mode, r.get("docs", "store")), []).append(r)
     lens = sorted({r["max_len"] for r in rows})
-    for (name, compiled, docs), rs in sorted(series.items()):
+    for (name, mode, docs), rs in sorted(series.items()):
         rs = sorted(rs, key=lambda r: r["max_len"])
         x = [r["max_len"] for r in rs]
-        label = (
-            name
-            + (" compiled" if compiled else "")
-            + (f" ({docs} docs)" if docs != "store" else "")
-        )
-        style = {"linestyle": "--" if compiled else "-", "marker": "s" if docs == "web" else "o"}
+        label = name + MODE_TAGS[mode] + (f" ({docs} docs)" if docs != "store" else "")
+        line = {"eager": "-", "full_logits": ":", "compiled": "--"}[mode]
+        style = {"linestyle": line, "marker": "s" if docs == "web" else "o"}
         ax_t.plot(x, [r["tokens_per_s"] for r in rs], label=label, **style)
         ax_a.plot(x, [100 * r["attn_flop_share"] for r in rs], label=label, **style)
     for ax, title in ((ax_t, "real tokens / s"), (ax_a, "attention share of FLOPs (%)")):
@@ -944,11 +963,13 @@ def main() -> int:
         help="store: the store's documents; web: the same tokens re-cut to web-text lengths",
     )
     ap.add_argument(
-        "--compile",
-        choices=("off", "on", "both"),
-        default="off",
-        help="torch.compile the model (every step shape compiled in warm-up); both: eager and "
-        "compiled rows side by side",
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=["eager"],
+        help="eager: as lengthwise trains (chunked LM loss); full_logits: the loss through the "
+        "full logits (the before of the chunked loss); compiled: torch.compile, every step "
+        "shape compiled in warm-up",
     )
     ap.add_argument("--plot", metavar="PATH.png", help="tok/s and attention share vs max_len")
     ap.add_argument(
@@ -965,7 +986,7 @@ def main() -> int:
     ap.add_argument("--no-profile", dest="profile", action="store_false")
     ap.add_argument("--worker", choices=STRATEGY_NAMES, help=argparse.SUPPRESS)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=MODES, default="eager", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.from_json:
         if not args.plot:

@@ -146,8 +146,8 @@ def test_flop_bound(throughput):
 def test_compile_payoff(throughput):
     """Compiled rows: speedup over the eager row, steps until the compile time is paid back."""
     eager = throughput.summarize({"concat_chunk": [_measurement("concat_chunk", 1.0, 100.0)]}, 1)
-    fast = _measurement("concat_chunk", 1.0, 128.0, compiled=True, compile_s=30.0)
-    slow = _measurement("decomposition", 1.0, 90.0, compiled=True, compile_s=30.0)
+    fast = _measurement("concat_chunk", 1.0, 128.0, mode="compiled", compile_s=30.0)
+    slow = _measurement("decomposition", 1.0, 90.0, mode="compiled", compile_s=30.0)
     e2 = throughput.summarize({"decomposition": [_measurement("decomposition", 1.0, 100.0)]}, 1)
     rows = eager + e2 + throughput.summarize({"concat_chunk": [fast], "decomposition": [slow]}, 1)
     throughput.add_compile_payoff(rows)
@@ -158,6 +158,35 @@ def test_compile_payoff(throughput):
     saved = 4096 / 100 - 4096 / 128  # eager step_s - compiled step_s
     assert c["compile_payoff_steps"] == pytest.approx(30.0 / saved)
     assert by["decomposition", True]["compile_payoff_steps"] is None  # slower: never pays
+    full = throughput.summarize(
+        {"concat_chunk": [_measurement("concat_chunk", 1, 80.0, mode="full_logits")]}, 1
+    )
+    throughput.add_compile_payoff(eager + full)
+    assert full[0]["speedup_vs_eager"] == pytest.approx(0.8)
+    assert full[0]["compile_payoff_steps"] is None and not full[0]["compiled"]
+    assert "concat_chunk [full]" in throughput.format_table(full, "cpu")
+
+
+def test_full_logits_mode_trains_the_same_loss(throughput, measurements):
+    """--mode full_logits (the loss before the chunked LM head) steps the same model through
+    the same batches to the same loss as the default: only the cost differs."""
+    tmp = Path(measurements["_tmp"])
+    losses = {}
+    for mode in ("eager", "full_logits"):
+        argv = [str(SCRIPT), "--worker", "concat_chunk", "--mode", mode, "--config", "cfg.yaml"]
+        argv += ["--max-len", "64", "--tokens-per-step", "256", "--d-model", "32"]
+        argv += ["--n-layer", "1", "--n-head", "2", "--repeats", "1", "--retries", "0"]
+        stdout = io.StringIO()
+        with (
+            mock.patch.object(sys, "argv", argv),
+            contextlib.chdir(tmp),
+            contextlib.redirect_stdout(stdout),
+        ):
+            assert throughput.main() == 0
+        (m,) = [json.loads(x) for x in stdout.getvalue().splitlines() if x.startswith("{")]
+        assert m["mode"] == mode and m["compiled"] is False
+        losses[mode] = m["loss"]
+    assert losses["full_logits"] == pytest.approx(losses["eager"], rel=1e-5)
 
 
 def test_docs_longer_than(throughput):
@@ -211,9 +240,9 @@ def test_plot_from_json(throughput, measurements, tmp_path):
 
 @pytest.mark.slow  # torch.compile of every step shape: ~20-60 s of cold compiles on 2 cores
 def test_compiled_worker(throughput, measurements):
-    """--compiled: every exact step shape compiled in warm-up, its seconds reported."""
+    """--mode compiled: every exact step shape compiled in warm-up, its seconds reported."""
     tmp = Path(measurements["_tmp"])
-    argv = [str(SCRIPT), "--worker", "decomposition", "--compiled", "--config", "cfg.yaml"]
+    argv = [str(SCRIPT), "--worker", "decomposition", "--mode", "compiled", "--config", "cfg.yaml"]
     argv += ["--max-len", "32", "--tokens-per-step", "128", "--d-model", "16"]
     argv += ["--n-layer", "1", "--n-head", "2", "--repeats", "1"]
     stdout = io.StringIO()
