@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# GPU checks in one go, for a machine with a CUDA device (about 3-4 minutes on an H100; each step
-# has a time budget, 9 minutes at worst in all):
+# GPU checks in one go, for a machine with a CUDA device (about 5-7 minutes on an H100; each step
+# has a time budget, 9.5 minutes at worst in all, under the 10-minute limit of one device call):
 #   1. the attention-equivalence tests on the GPU (compiled FlexAttention forward and backward,
 #      SDPA causal, per-document SDPA and the dense mask, each against the float64 reference):
 #      pytest tests/model/test_attention.py with LENGTHWISE_TEST_DEVICE=cuda.
-#   2. the other model tests (GPT, KV cache, positions) and the import floors under that
-#      machine's torch build: they run on its CPU, in seconds, and catch torch-version drift.
-#   3. a ~2-minute throughput benchmark of all five strategies at max length 8192 on CUDA
-#      (bf16 autocast, peak memory from torch.cuda.max_memory_allocated), one table.
+#   2. the other model tests (GPT, KV cache, positions, the chunked LM loss) and the import
+#      floors under that machine's torch build: they run on its CPU, in seconds, and catch
+#      torch-version drift.
+#   3. FlexAttention vs per-document SDPA vs the dense mask on document-masked rows of 8192
+#      tokens, bf16, forward + backward (benchmarks/attention_backends.py).
+#   4. the chunked LM loss vs full logits on CUDA: time and peak memory (benchmarks/lm_loss.py).
+#   5. the throughput table at max length 8192, bf16 autocast, eager (chunked loss) and
+#      full_logits rows side by side, peak memory from torch.cuda.max_memory_allocated.
 # The borrowed GPU machine has torch but not pydantic and reaches no registry: run
 # `bash scripts/gpu_wheels.sh` (make gpu-wheels) here first, and name wheels/gpu in the device
 # run's carry (it is git-ignored, so it does not travel otherwise). When `import pydantic` fails,
@@ -66,17 +70,27 @@ print(f"gpu_check: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__ve
 
 status=0
 pytest=(-m pytest -q -p no:cacheprovider)
-echo "== 1/3 attention equivalence on CUDA (tests/model/test_attention.py)"
-LENGTHWISE_TEST_DEVICE=cuda timeout 180 "$PYTHON" "${pytest[@]}" tests/model/test_attention.py \
+echo "== 1/5 attention equivalence on CUDA (tests/model/test_attention.py)"
+LENGTHWISE_TEST_DEVICE=cuda timeout 150 "$PYTHON" "${pytest[@]}" tests/model/test_attention.py \
     -m "gpu or not gpu" || { echo "gpu_check: attention tests FAILED" >&2; status=1; }
 
-echo "== 2/3 model tests and import floors under this torch (CPU)"
-timeout 90 "$PYTHON" "${pytest[@]}" tests/model tests/test_layers.py \
+echo "== 2/5 model tests and import floors under this torch (CPU)"
+timeout 60 "$PYTHON" "${pytest[@]}" tests/model tests/test_layers.py \
     --ignore tests/model/test_attention.py \
     || { echo "gpu_check: model tests FAILED" >&2; status=1; }
 
-echo "== 3/3 throughput, all strategies, max_len 8192, CUDA bf16"
-timeout 300 "$PYTHON" benchmarks/throughput.py --device cuda --max-len 8192 \
+echo "== 3/5 attention backends on document-masked rows, T 8192, CUDA bf16"
+timeout 60 "$PYTHON" benchmarks/attention_backends.py --device cuda --seq-len 8192 --docs 1 8 64 \
+    || { echo "gpu_check: attention backends benchmark FAILED" >&2; status=1; }
+
+echo "== 4/5 chunked LM loss vs full logits on CUDA"
+timeout 45 "$PYTHON" benchmarks/lm_loss.py --device cuda --quick \
+    || { echo "gpu_check: LM loss benchmark FAILED" >&2; status=1; }
+
+echo "== 5/5 throughput, max_len 8192, CUDA bf16, chunked loss and full logits"
+timeout 240 "$PYTHON" benchmarks/throughput.py --device cuda --max-len 8192 --repeats 3 \
+    --strategies concat_chunk concat_chunk_docmask best_fit decomposition \
+    --modes eager full_logits \
     || { echo "gpu_check: throughput benchmark FAILED" >&2; status=1; }
 
 exit "$status"
