@@ -31,6 +31,18 @@ BENCHED = ("concat_chunk", "decomposition")
 POSITIVE = ("tokens_per_s", "slots_per_s", "flops_per_s", "step_s", "peak_rss_mb", "loss")
 
 
+def worker_lines(throughput, cwd: Path, argv: list[str]) -> list[dict]:
+    """Run the script's worker mode in this process (cwd `cwd`); its JSON lines."""
+    stdout = io.StringIO()
+    with (
+        mock.patch.object(sys, "argv", [str(SCRIPT), *argv]),
+        contextlib.chdir(cwd),
+        contextlib.redirect_stdout(stdout),
+    ):
+        assert throughput.main() == 0
+    return [json.loads(x) for x in stdout.getvalue().splitlines() if x.startswith("{")]
+
+
 @pytest.fixture(scope="module")
 def measurements(throughput, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("throughput")
@@ -46,16 +58,7 @@ def measurements(throughput, tmp_path_factory):
     # The first worker also builds the store; the second then finds it up to date.
     out = {}
     for name in BENCHED:
-        stdout = io.StringIO()
-        argv = [str(SCRIPT), "--worker", name, *common]
-        with (
-            mock.patch.object(sys, "argv", argv),
-            contextlib.chdir(tmp),
-            contextlib.redirect_stdout(stdout),
-        ):
-            assert throughput.main() == 0
-        lines = stdout.getvalue().splitlines()
-        out[name] = [json.loads(line) for line in lines if line.startswith("{")]
+        out[name] = worker_lines(throughput, tmp, ["--worker", name, *common])
     out["_tmp"] = str(tmp)
     return out
 
@@ -173,17 +176,10 @@ def test_full_logits_mode_trains_the_same_loss(throughput, measurements):
     tmp = Path(measurements["_tmp"])
     losses = {}
     for mode in ("eager", "full_logits"):
-        argv = [str(SCRIPT), "--worker", "concat_chunk", "--mode", mode, "--config", "cfg.yaml"]
+        argv = ["--worker", "concat_chunk", "--mode", mode, "--config", "cfg.yaml"]
         argv += ["--max-len", "64", "--tokens-per-step", "256", "--d-model", "32"]
         argv += ["--n-layer", "1", "--n-head", "2", "--repeats", "1", "--retries", "0"]
-        stdout = io.StringIO()
-        with (
-            mock.patch.object(sys, "argv", argv),
-            contextlib.chdir(tmp),
-            contextlib.redirect_stdout(stdout),
-        ):
-            assert throughput.main() == 0
-        (m,) = [json.loads(x) for x in stdout.getvalue().splitlines() if x.startswith("{")]
+        (m,) = worker_lines(throughput, tmp, argv)
         assert m["mode"] == mode and m["compiled"] is False
         losses[mode] = m["loss"]
     assert losses["full_logits"] == pytest.approx(losses["eager"], rel=1e-5)
@@ -242,17 +238,10 @@ def test_plot_from_json(throughput, measurements, tmp_path):
 def test_compiled_worker(throughput, measurements):
     """--mode compiled: every exact step shape compiled in warm-up, its seconds reported."""
     tmp = Path(measurements["_tmp"])
-    argv = [str(SCRIPT), "--worker", "decomposition", "--mode", "compiled", "--config", "cfg.yaml"]
+    argv = ["--worker", "decomposition", "--mode", "compiled", "--config", "cfg.yaml"]
     argv += ["--max-len", "32", "--tokens-per-step", "128", "--d-model", "16"]
     argv += ["--n-layer", "1", "--n-head", "2", "--repeats", "1"]
-    stdout = io.StringIO()
-    with (
-        mock.patch.object(sys, "argv", argv),
-        contextlib.chdir(tmp),
-        contextlib.redirect_stdout(stdout),
-    ):
-        assert throughput.main() == 0
-    (m,) = [json.loads(x) for x in stdout.getvalue().splitlines() if x.startswith("{")]
+    (m,) = worker_lines(throughput, tmp, argv)
     assert m["compiled"] is True and m["compile_s"] > 0
     shapes = m["compile_s_per_shape"]
     assert set(shapes) == {"16x8", "8x16", "4x32"}  # buckets 8, 16, 32 at 128 tokens/step
