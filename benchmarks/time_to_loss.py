@@ -169,7 +169,29 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
                     title="final weights: loss per position (dashed: max_len)")  # fmt: skip
         axes[1].legend()
     save_figure(fig, path)
-    atomic_write_text(path.with_suffix(".json"), json.dumps(runs, indent=1))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(compact(runs), indent=1))
+
+
+def compact(runs: dict[str, list[dict[str, Any]]], bins: int = 256) -> dict[str, Any]:
+    """The runs with each per-position loss averaged into `bins` equal bins of positions (its
+    `bin_width` said): 2 x 8192 positions x 6 runs would be megabytes of JSON beside a PNG."""
+    out: dict[str, Any] = {}
+    for name, ms in runs.items():
+        out[name] = []
+        for m in ms:
+            pos = m.get("position_loss")
+            if pos:
+                loss = np.asarray(pos["loss"])
+                width = max(1, len(loss) // bins)
+                n = len(loss) // width * width
+                pos = {
+                    "max_len": pos["max_len"],
+                    "bin_width": width,
+                    "loss": np.round(loss[:n].reshape(-1, width).mean(axis=1), 4).tolist(),
+                    "docs_at": pos["docs_at"][:n:width],
+                }
+            out[name].append({**m, "position_loss": pos})
+    return out
 
 
 def main() -> int:

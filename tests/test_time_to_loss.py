@@ -114,3 +114,13 @@ def test_position_loss_averages_over_the_documents_that_reach_each_position():
     # the two longest documents (10 and 5 tokens), cut at 7 tokens: 6 and 4 predictions
     assert out["docs_at"] == [2, 2, 2, 2, 1, 1]
     assert out["loss"] == pytest.approx([0.0] * 3 + [math.log(V)] * 3, abs=1e-6)
+
+
+def test_compact_bins_the_per_position_loss():
+    pos = {"max_len": 4, "loss": [1.0, 3.0, 2.0, 4.0, 5.0, 7.0, 9.0], "docs_at": [2] * 6 + [1]}
+    runs = {"concat_chunk": [{"seed": 0, "position_loss": pos}, {"seed": 1, "position_loss": None}]}
+    out = time_to_loss.compact(runs, bins=3)
+    first = out["concat_chunk"][0]["position_loss"]
+    assert first == {"max_len": 4, "bin_width": 2, "loss": [2.0, 3.0, 6.0], "docs_at": [2, 2, 2]}
+    assert out["concat_chunk"][1]["position_loss"] is None
+    assert runs["concat_chunk"][0]["position_loss"] is pos  # the input is left as it was
