@@ -84,6 +84,7 @@ CUDA_ATTN_WORDS = ("flash", "fmha", "attention", "flex")
 RETRIES, MAX_OTHERS = 2, 0.2  # a step is redone while other processes used > 0.2 cores
 MEASURE_ORDER = ("pad", "best_fit", "concat_chunk_docmask", "concat_chunk", "decomposition")
 STRATUM_MIN = 0.1  # the least share of an epoch's steps one stratum of step shapes holds
+PAIR_STRATA = 4  # a shape whose steps' attention pairs vary > 2x is split into this many strata
 STEP_COUNTS = ("timed_steps", "retries", "contended_steps")
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"}
 CUDA_GEMM_WORDS = ("gemm", "cutlass", "xmma", "cublas")
@@ -118,6 +119,26 @@ def doc_offsets(store: TokenStore, docs: str, seed: int) -> np.ndarray:
     if docs == "web":
         return recut_offsets(store.n_tokens, seed)
     return np.asarray(store.offsets, dtype=np.int64)
+
+
+def split_by_cost(
+    by_shape: dict[tuple[int, ...], list[int]], pairs: list[int], min_steps: float
+) -> dict[tuple[int, ...], list[int]]:
+    """Shapes whose steps differ > 2x in attention pairs (packed rows: best_fit,
+    concat_chunk_docmask, where a step's cost depends on its documents) split into
+    `PAIR_STRATA` strata by pairs, cheapest first: one drawn step of an unsplit shape would stand
+    for steps 18x cheaper or dearer than itself (best_fit at 8192 measured 3.0k-6.5k tok/s from
+    repeat to repeat that way). Only shapes of at least `min_steps` steps are split."""
+    out: dict[tuple[int, ...], list[int]] = {}
+    for key, steps in by_shape.items():
+        p = np.array([pairs[s] for s in steps])
+        if len(steps) < max(min_steps, PAIR_STRATA) or p.max() <= 2 * p.min():
+            out[key] = steps
+            continue
+        order = np.argsort(p, kind="stable")
+        for q, part in enumerate(np.array_split(order, PAIR_STRATA)):
+            out[(*key, q)] = [steps[i] for i in part]
+    return out
 
 
 def docs_longer_than(
@@ -283,18 +304,21 @@ class Worker:
         if n == 0:
             raise UserError(f"{self.args.worker}: no full step at this size; lower tokens/step")
         self.counts = [plan_counts(self.strategy.plan(0, s)) for s in range(n)]
-        by_shape: dict[tuple[int, int], list[int]] = {}
+        by_shape: dict[tuple[int, ...], list[int]] = {}
         for s, c in enumerate(self.counts):
             by_shape.setdefault((1 << (c.seq_len - 1).bit_length(), c.rows), []).append(s)
         self.shapes = [by_shape[k] for k in sorted(by_shape)]  # shortest first
+        pairs = [c.attn_pairs for c in self.counts]
+        by_shape = split_by_cost(by_shape, pairs, PAIR_STRATA * STRATUM_MIN * n)
         self.groups: list[dict[str, Any]] = []
-        for (t, _), steps in sorted(by_shape.items()):
+        for (t, *part), steps in sorted(by_shape.items()):
             small = self.groups and len(self.groups[-1]["steps"]) < STRATUM_MIN * n
             if not small:
-                self.groups.append({"seq_lens": [], "steps": []})
+                self.groups.append({"seq_lens": [], "steps": [], "parts": []})
             g = self.groups[-1]
             g["seq_lens"] += [t] if t not in g["seq_lens"] else []
             g["steps"] += steps
+            g["parts"] += part[1:]  # the pairs stratum of a split shape
         if len(self.groups) > 1 and len(self.groups[-1]["steps"]) < STRATUM_MIN * n:
             last = self.groups.pop()  # a short tail joins the stratum before it
             self.groups[-1]["seq_lens"] += last["seq_lens"]
@@ -302,6 +326,9 @@ class Worker:
         for g in self.groups:
             g["seq_len"] = max(g["seq_lens"])
             g["label"] = "-".join(str(t) for t in sorted({min(g["seq_lens"]), g["seq_len"]}))
+            parts = sorted(set(g.pop("parts")))
+            if parts:
+                g["label"] += " pairs " + "+".join(f"q{q + 1}" for q in parts)
         slots = sum(c.rows * c.seq_len for c in self.counts)
         dense = self.dense_per_slot * slots
         attn = self.attn_per_pair * sum(c.attn_pairs for c in self.counts)

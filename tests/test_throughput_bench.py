@@ -247,3 +247,16 @@ def test_compiled_worker(throughput, measurements):
     assert set(shapes) == {"16x8", "8x16", "4x32"}  # buckets 8, 16, 32 at 128 tokens/step
     assert m["compile_s"] == pytest.approx(sum(shapes.values()))
     assert m["tokens_per_s"] > 0 and math.isfinite(m["loss"])
+
+
+def test_split_by_cost_stratifies_shapes_whose_steps_differ_in_attention(throughput):
+    """A shape whose steps differ > 2x in attention pairs is cut into PAIR_STRATA strata,
+    cheapest first, every step kept once; a uniform shape, or a small one, stays whole."""
+    pairs = [10, 80, 20, 70, 30, 60, 40, 50] + [100] * 8 + [1, 50]
+    by_shape = {(64, 4): list(range(8)), (128, 2): list(range(8, 16)), (32, 8): [16, 17]}
+    out = throughput.split_by_cost(by_shape, pairs, min_steps=4)
+    assert out[(128, 2)] == list(range(8, 16))  # all 100: one stratum
+    assert out[(32, 8)] == [16, 17]  # 50x apart, but fewer steps than strata
+    split = [out[(64, 4, q)] for q in range(throughput.PAIR_STRATA)]
+    assert [[pairs[s] for s in part] for part in split] == [[10, 20], [30, 40], [50, 60], [70, 80]]
+    assert throughput.split_by_cost(by_shape, pairs, min_steps=9)[(64, 4)] == list(range(8))
