@@ -24,7 +24,8 @@ what noise remains. `--quick` on CPU at max_len >= 4096 times only concat_chunk 
 decomposition, redoes nothing and skips the profile (one 8192-token step takes 5-10 s here).
 
 Counts: tok/s = real (non-pad) input tokens per second, what training buys; slots/s = all B x T
-positions. FLOPs per step = 6 x (matmul weights of the model, LM head included) x slots
+positions. FLOPs per step (lengthwise.data.stats, the formula of `data-stats`) = 6 x (matmul
+weights of the model, LM head included, counted on the built model) x slots
 + 12 x n_layer x d_model x attention pairs, with the pairs from `plan_counts` (the causal
 triangle per row, or per document when rows are document-masked: what an ideal kernel
 computes). MFU = those FLOPs per second / a matmul peak measured in the same run (fp32 on CPU,
@@ -72,7 +73,7 @@ import torch.nn.functional as F
 from lengthwise.config import STRATEGY_NAMES, BatchingConfig, ModelConfig, load_config
 from lengthwise.data.plan import plan_counts
 from lengthwise.data.recut import recut_offsets
-from lengthwise.data.stats import config_for
+from lengthwise.data.stats import ModelDims, config_for
 from lengthwise.data.store import TokenStore, prepare
 from lengthwise.data.strategies import build_strategy
 from lengthwise.errors import UserError
@@ -259,8 +260,10 @@ class Worker:
         self.autocast = (
             (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else (nullcontext)
         )
-        self.dense_per_slot = 6 * matmul_params(raw, vocab, mcfg.d_model)
-        self.attn_per_pair = 12 * mcfg.n_layer * mcfg.d_model
+        # data-stats' formula (lengthwise.data.stats), with this model's exact matmul weights
+        self.dims = ModelDims(
+            mcfg.n_layer, mcfg.d_model, vocab, matmul_params(raw, vocab, mcfg.d_model)
+        )
         self._epoch_facts()
         self.compile_s: dict[str, float] = {}
         self.model = raw
@@ -330,8 +333,7 @@ class Worker:
             if parts:
                 g["label"] += " pairs " + "+".join(f"q{q + 1}" for q in parts)
         slots = sum(c.rows * c.seq_len for c in self.counts)
-        dense = self.dense_per_slot * slots
-        attn = self.attn_per_pair * sum(c.attn_pairs for c in self.counts)
+        dense, attn = self.dims.flops(slots, sum(c.attn_pairs for c in self.counts))
         self.facts = {
             "strategy": self.args.worker,
             "max_len": self.max_len,
@@ -351,7 +353,7 @@ class Worker:
 
     def _flops(self, step: int) -> float:
         c = self.counts[step]
-        return self.dense_per_slot * c.rows * c.seq_len + self.attn_per_pair * c.attn_pairs
+        return sum(self.dims.flops(c.rows * c.seq_len, c.attn_pairs))
 
     def _batch(self, step: int):
         return self.strategy.batch(0, step).to(self.device)

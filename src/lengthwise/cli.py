@@ -119,7 +119,10 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
         )
     store = TokenStore(cfg.data.out_dir / args.split)
     rows, not_applicable = all_strategy_stats(
-        store, cfg.batching, strategies, ModelDims(args.n_layer, args.d_model)
+        store,
+        cfg.batching,
+        strategies,
+        ModelDims(args.n_layer, args.d_model, vocab=store.meta["tokenizer"]["vocab_size"]),
     )
     if not rows:  # nothing to show: the reasons are the answer
         raise UserError(
@@ -133,7 +136,8 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     print(
         f"store {store.path}: {store.n_docs:,} docs, {store.n_tokens:,} tokens; "
         f"{b.tokens_per_step:,} tokens/step, max_len {b.max_len}; "
-        f"FLOPs for {args.n_layer} layers x d_model {args.d_model}, relative to concat_chunk"
+        f"FLOPs for {args.n_layer} layers x d_model {args.d_model} and the "
+        f"{store.meta['tokenizer']['vocab_size']:,}-way LM head, relative to concat_chunk"
     )
     print(format_table(rows))
     if not_applicable:

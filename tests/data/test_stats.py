@@ -145,3 +145,12 @@ def test_strategies_that_do_not_apply_say_why(store, batching, applies, why_not)
     )
     table = format_table(rows)
     assert table.count("n/a") == (0 if reference else 2 * len(rows))
+
+
+def test_model_dims_count_the_lm_head_as_a_matmul_per_token():
+    dims = ModelDims(n_layer=2, d_model=8, vocab=100)
+    assert dims.matmul_params == 12 * 2 * 64 + 100 * 8  # blocks + the (vocab x d) head
+    assert dims.flops(slots=10, attn_pairs=55) == (6.0 * 2336 * 10, 12.0 * 2 * 8 * 55)
+    assert ModelDims(2, 8).matmul_params == 12 * 2 * 64  # vocab 0: blocks only
+    exact = ModelDims(2, 8, 100, exact_matmul_params=3000)  # a built model's own count
+    assert exact.flops(1, 0) == (18000.0, 0.0)

@@ -2,7 +2,10 @@
 tokens per step, measured by walking one epoch of step plans (no token reads).
 
 FLOPs per step (training = forward + backward = 3x forward, Kaplan et al. 2020 / PaLM appendix B):
-  dense   = 6 * N * (B * T)                    N = 12 * n_layer * d_model^2 (non-embedding)
+  dense   = 6 * N * (B * T)                    N = weights used once per token in a matmul:
+            12 * n_layer * d_model^2 (the blocks) + vocab * d_model (the LM head, tied or not: a
+            matmul per token, often half the dense FLOPs of a small model), or the exact count
+            of a built model (benchmarks/throughput.py passes it; same formula)
   attn    = 12 * n_layer * d_model * P         P = causal (query, key) pairs computed:
             B * T(T+1)/2 for rows without a document mask (padding included, as a dense kernel
             computes it), sum of l(l+1)/2 over segments for document-masked rows (the ideal
@@ -28,12 +31,23 @@ from lengthwise.errors import UserError
 
 @dataclass(frozen=True)
 class ModelDims:
+    """What the FLOP count needs of a model (the module docstring's formula). `vocab` 0 leaves
+    the LM head out; `exact_matmul_params` replaces the estimate of N."""
+
     n_layer: int = 4
     d_model: int = 256
+    vocab: int = 0
+    exact_matmul_params: int | None = None
 
     @property
-    def non_embedding_params(self) -> int:
-        return 12 * self.n_layer * self.d_model**2
+    def matmul_params(self) -> int:
+        if self.exact_matmul_params is not None:
+            return self.exact_matmul_params
+        return 12 * self.n_layer * self.d_model**2 + self.vocab * self.d_model
+
+    def flops(self, slots: float, attn_pairs: float) -> tuple[float, float]:
+        """(dense, attention) training FLOPs of `slots` positions and `attn_pairs` pairs."""
+        return 6.0 * self.matmul_params * slots, 12.0 * self.n_layer * self.d_model * attn_pairs
 
 
 def _curriculum_applies(strategy: str, curriculum: str) -> bool:
@@ -87,8 +101,7 @@ def strategy_stats(
         slots += c.rows * c.seq_len
         seq_lens[step] = c.seq_len
     n = store.n_tokens
-    dense = 6 * model.non_embedding_params * slots / steps
-    attn = 12 * model.n_layer * model.d_model * totals["attn_pairs"] / steps
+    dense, attn = model.flops(slots / steps, totals["attn_pairs"] / steps)
     return {
         "strategy": cfg.strategy,
         "curriculum": cfg.curriculum.name,
