@@ -347,7 +347,7 @@ class Trainer:
 
     def _write_data_stats(self) -> None:
         store = TokenStore(self.cfg.data.out_dir / "train")
-        dims = ModelDims(*self.model_plain.dims)
+        dims = ModelDims(*self.model_plain.dims, vocab=store.meta["tokenizer"]["vocab_size"])
         try:
             stats = strategy_stats(store, self.cfg.batching, dims)
         except UserError:
