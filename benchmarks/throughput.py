@@ -925,7 +925,8 @@ def load_rows(paths: list[str]) -> list[dict[str, Any]]:
 def write_plot(rows: list[dict[str, Any]], path: str) -> None:
     """One PNG, two panels against max length (log2 x axis): real tokens/s per strategy, and
     attention's share of each strategy's FLOPs; the rows as JSON beside it (same stem). Both
-    written atomically. Compiled rows are drawn dashed, `--docs web` rows with square marks."""
+    written atomically. One color per strategy; compiled rows dashed, full_logits dotted,
+    `--docs web` rows with square marks."""
     import io as _io
 
     import matplotlib
@@ -942,12 +943,13 @@ def write_plot(rows: list[dict[str, Any]], path: str) -> None:
         mode = r.get("mode", "compiled" if r.get("compiled") else "eager")
         series.setdefault((r["strategy"], mode, r.get("docs", "store")), []).append(r)
     lens = sorted({r["max_len"] for r in rows})
+    colors = {s: f"C{i}" for i, s in enumerate(sorted({k[0] for k in series}))}  # per strategy
     for (name, mode, docs), rs in sorted(series.items()):
         rs = sorted(rs, key=lambda r: r["max_len"])
         x = [r["max_len"] for r in rs]
         label = name + MODE_TAGS[mode] + (f" ({docs} docs)" if docs != "store" else "")
         line = {"eager": "-", "full_logits": ":", "compiled": "--"}[mode]
-        style = {"linestyle": line, "marker": "s" if docs == "web" else "o"}
+        style = {"linestyle": line, "marker": "s" if docs == "web" else "o", "color": colors[name]}
         ax_t.plot(x, [r["tokens_per_s"] for r in rs], label=label, **style)
         ax_a.plot(x, [100 * r["attn_flop_share"] for r in rs], label=label, **style)
     for ax, title in ((ax_t, "real tokens / s"), (ax_a, "attention share of FLOPs (%)")):
