@@ -70,6 +70,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lengthwise.batch import IGNORE_INDEX
 from lengthwise.config import STRATEGY_NAMES, BatchingConfig, ModelConfig, load_config
 from lengthwise.data.plan import plan_counts
 from lengthwise.data.recut import recut_offsets
@@ -375,7 +376,10 @@ class Worker:
             if self.args.mode == "full_logits":  # the loss before lengthwise.model.lm_loss
                 logits = self.model(b.input_ids, position_ids=b.position_ids, doc_ids=b.doc_ids)
                 loss = F.cross_entropy(
-                    logits.flatten(0, 1), b.targets.flatten(), ignore_index=-100, reduction="sum"
+                    logits.flatten(0, 1),
+                    b.targets.flatten(),
+                    ignore_index=IGNORE_INDEX,
+                    reduction="sum",
                 )
             else:
                 loss = self.model(

@@ -26,8 +26,6 @@ from lengthwise.model.attention import AttnMask, attention, fold_bias, kv_mask, 
 from lengthwise.model.lm_loss import chunked_lm_loss
 from lengthwise.model.positions import PositionInfo, Positions, apply_rope
 
-IGNORE_INDEX = -100
-
 
 def ff_width(cfg: ModelConfig) -> int:
     """d_ff: as configured, else 4 d (GELU) or 8/3 d rounded up to a multiple of 64 (SwiGLU,

@@ -38,10 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lengthwise.batch import IGNORE_INDEX
 from lengthwise.config import ModelConfig
 from lengthwise.errors import UserError
 from lengthwise.model.attention import AttnMask, attention, kv_mask
-from lengthwise.model.gpt import IGNORE_INDEX, KVCache
+from lengthwise.model.gpt import KVCache
 from lengthwise.model.lm_loss import chunked_lm_loss
 
 POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")  # learned, absolute

@@ -67,6 +67,25 @@ def _chunk(xc: Tensor, w: Tensor, tc: Tensor, want_grad: bool) -> tuple[Tensor, 
     return loss, g
 
 
+def _walk(
+    x: Tensor, w: Tensor, targets: Tensor, rows: int, dx: Tensor | None, dw: Tensor | None
+) -> Tensor:
+    """The summed loss, `rows` rows of x at a time in w's dtype; with a dx (dw) buffer, also
+    d(loss)/dx written into it (d(loss)/dW added to it), chunk by chunk."""
+    want_grad = dx is not None or dw is not None
+    loss = torch.zeros((), dtype=w.dtype, device=x.device)
+    for s in range(0, x.shape[0], rows):
+        xc = x[s : s + rows].to(w.dtype)
+        part, g = _chunk(xc, w, targets[s : s + rows], want_grad)
+        loss += part
+        if dx is not None:
+            torch.mm(g, w, out=dx[s : s + rows])
+        if dw is not None:
+            dw.addmm_(g.T, xc)
+        del g  # free this chunk's buffer before the next one is allocated
+    return loss
+
+
 class _FusedLMLoss(torch.autograd.Function):
     """Forward: loss and gradients chunk by chunk; backward: the stored gradients, scaled."""
 
@@ -77,16 +96,7 @@ class _FusedLMLoss(torch.autograd.Function):
         w = weight.to(dt)
         dx = torch.empty(x.shape, dtype=dt, device=x.device) if need_x else None  # every row set
         dw = torch.zeros(w.shape, dtype=dt, device=w.device) if need_w else None
-        loss = torch.zeros((), dtype=dt, device=x.device)
-        for s in range(0, x.shape[0], chunk_rows):
-            xc = x[s : s + chunk_rows].to(dt)
-            part, g = _chunk(xc, w, targets[s : s + chunk_rows], want_grad=True)
-            loss += part
-            if dx is not None:
-                torch.mm(g, w, out=dx[s : s + chunk_rows])
-            if dw is not None:
-                dw.addmm_(g.T, xc)
-            del g  # free this chunk's buffer before the next one is allocated
+        loss = _walk(x, w, targets, chunk_rows, dx, dw)
         ctx.save_for_backward(dx, dw)
         ctx.dtypes = (x.dtype, weight.dtype)
         return loss
@@ -123,8 +133,4 @@ def chunked_lm_loss(
     with torch.autocast(device_type=x.device.type, enabled=False):
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
             return _FusedLMLoss.apply(x, weight, targets, rows)
-        dt = compute_dtype(x, weight)
-        w, loss = weight.to(dt), torch.zeros((), dtype=dt, device=x.device)
-        for s in range(0, x.shape[0], rows):
-            loss += _chunk(x[s : s + rows].to(dt), w, targets[s : s + rows], want_grad=False)[0]
-        return loss
+        return _walk(x, weight.to(compute_dtype(x, weight)), targets, rows, None, None)
